@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# README command 2: set up a virtual environment with the test extra and run every check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/ruff check xcit_edge tests benchmarks scripts
+.venv/bin/python -m pytest -q "$@"

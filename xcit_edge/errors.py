@@ -1,0 +1,15 @@
+"""Errors the CLI turns into one clear line and an exit code, never a traceback."""
+
+from __future__ import annotations
+
+
+class XcitEdgeError(Exception):
+    """A failure the user can act on; the message is the whole story."""
+
+    exit_code = 2
+
+
+class UsageError(XcitEdgeError):
+    """Bad input: unknown name, missing file, wrong architecture, occupied output."""
+
+    exit_code = 2

@@ -1,0 +1,52 @@
+"""The preprocessing a model's weights expect, recorded once and read by every command.
+
+`build` stores it in the SavedModel (asset `xcit_edge.json`); for foreign models the
+timm default for XCiT is assumed and flags can override it. Keeping it as data avoids
+the classic silent bug of edge ports: right model, wrong normalization.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from xcit_edge.zoo import IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize to `size` (H, W), scale pixels by `scale`, then (x - mean) / std per channel."""
+
+    size: tuple[int, int]
+    interpolation: str = "bicubic"
+    crop_pct: float = 1.0
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    layout: str = "NHWC"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(
+            size=tuple(int(v) for v in d["size"]),
+            interpolation=str(d.get("interpolation", "bicubic")),
+            crop_pct=float(d.get("crop_pct", 1.0)),
+            scale=float(d.get("scale", 1.0 / 255.0)),
+            mean=tuple(float(v) for v in d.get("mean", IMAGENET_MEAN)),
+            std=tuple(float(v) for v in d.get("std", IMAGENET_STD)),
+            layout=str(d.get("layout", "NHWC")),
+        )
+
+    def describe(self) -> str:
+        h, w = self.size
+        return (
+            f"{self.interpolation} resize to {h}x{w} (crop {self.crop_pct:g}), x*{self.scale:.6g}, "
+            f"mean {list(self.mean)}, std {list(self.std)}, {self.layout}"
+        )
+
+
+def timm_default(img_size: int) -> Preprocessing:
+    """What timm's default cfg for XCiT says (bicubic, crop_pct 1.0, ImageNet mean/std)."""
+    return Preprocessing(size=(img_size, img_size))

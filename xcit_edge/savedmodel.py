@@ -1,0 +1,106 @@
+"""Export a Keras XCiT as a SavedModel with the TF Hub collection's serving contract.
+
+`serving_default`: input `input` float32 [-1, H, W, 3] (preprocessed, NHWC), output
+`output` ([-1, 1000] logits or [-1, D] features). The model's own description
+(architecture, preprocessing, weight provenance) travels inside the SavedModel as the
+asset `assets/xcit_edge.json`, readable without loading or running the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from xcit_edge import __version__
+from xcit_edge.errors import UsageError
+from xcit_edge.fsutil import atomic_dir
+from xcit_edge.preprocessing import Preprocessing, timm_default
+from xcit_edge.zoo import XCiTConfig
+
+log = logging.getLogger(__name__)
+
+METADATA_ASSET = "xcit_edge.json"
+METADATA_FORMAT = "xcit-edge.model/1"
+MAX_METADATA_BYTES = 1 << 20
+SIGNATURE_KEY = "serving_default"
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+
+
+def model_metadata(cfg: XCiTConfig, weights: dict, preprocessing: Preprocessing | None = None) -> dict:
+    """The JSON document stored in the SavedModel."""
+    pre = preprocessing or timm_default(cfg.img_size)
+    return {
+        "format": METADATA_FORMAT,
+        "tool": f"xcit-edge {__version__}",
+        "arch": cfg.name,
+        "features": cfg.features,
+        "config": cfg.to_dict(),
+        "preprocessing": pre.to_dict(),
+        "labels": None if cfg.features else ("imagenet-1k" if cfg.num_classes == 1000 else None),
+        "weights": weights,
+        "signature": {
+            "key": SIGNATURE_KEY,
+            "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [-1, cfg.img_size, cfg.img_size, 3]},
+            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [-1, cfg.output_dim]},
+        },
+    }
+
+
+def export_saved_model(model, out: Path, metadata: dict, force: bool = False) -> Path:
+    """Write `model` as a SavedModel at `out` atomically; returns `out`."""
+    import tensorflow as tf
+
+    cfg: XCiTConfig = model.cfg
+    spec = tf.TensorSpec([None, cfg.img_size, cfg.img_size, 3], tf.float32, name=INPUT_NAME)
+
+    module = tf.Module()
+    module.model = model
+
+    @tf.function(input_signature=[spec])
+    def serve(input):  # noqa: A002 - the argument name is the signature's input key
+        return {OUTPUT_NAME: model(input, training=False)}
+
+    module.serve = serve
+    with tempfile.TemporaryDirectory() as meta_dir, atomic_dir(Path(out), force=force) as tmp:
+        meta_path = Path(meta_dir) / METADATA_ASSET
+        meta_path.write_text(json.dumps(metadata, indent=2, sort_keys=True))
+        module.xcit_edge_metadata = tf.saved_model.Asset(str(meta_path))
+        try:
+            tf.saved_model.save(module, str(tmp), signatures={SIGNATURE_KEY: serve})
+        except OSError as e:
+            raise UsageError(f"cannot write SavedModel to {out}: {os.strerror(e.errno) if e.errno else e}") from e
+    log.info("wrote SavedModel %s", out)
+    return Path(out)
+
+
+def read_metadata(saved_model_dir: Path) -> dict | None:
+    """The xcit-edge description of a SavedModel, or None for foreign models.
+
+    The file is untrusted input: size-capped, must be a JSON object of our format.
+    """
+    path = Path(saved_model_dir) / "assets" / METADATA_ASSET
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_METADATA_BYTES:
+        raise UsageError(f"{path}: metadata larger than {MAX_METADATA_BYTES} bytes")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path}: unreadable xcit-edge metadata ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != METADATA_FORMAT:
+        raise UsageError(f"{path}: not xcit-edge metadata of format {METADATA_FORMAT}")
+    return meta
+
+
+def preprocessing_of(saved_model_dir: Path, img_size: int | None = None) -> tuple[Preprocessing, str]:
+    """The recorded preprocessing, else timm's default for the input size; with its origin."""
+    meta = read_metadata(saved_model_dir)
+    if meta and isinstance(meta.get("preprocessing"), dict):
+        return Preprocessing.from_dict(meta["preprocessing"]), "recorded in the SavedModel"
+    if img_size is None:
+        raise UsageError(f"{saved_model_dir}: no recorded preprocessing and no input size to assume one")
+    return timm_default(img_size), "not recorded; assumed timm's XCiT default"
