@@ -43,16 +43,29 @@ _STORAGE_DTYPES = {
 
 
 class Opaque:
-    """Stand-in for a pickled global we refuse to import; it records the name, runs nothing."""
+    """Stand-in for a pickled global we refuse to import; it records the name, runs nothing.
 
-    def __init__(self, qualname: str, *args: Any, **kwargs: Any):
-        self.qualname = qualname
+    `find_class` returns a fresh subclass per name, so pickle's NEWOBJ/REDUCE/BUILD
+    opcodes (which need a real type) work on it without touching the named code.
+    """
+
+    qualname = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        pass
 
     def __setstate__(self, state: Any) -> None:
         pass
 
     def __repr__(self) -> str:
         return f"<opaque {self.qualname}>"
+
+
+def _opaque_type(qualname: str) -> type[Opaque]:
+    return type("Opaque", (Opaque,), {"qualname": qualname})
 
 
 class _StorageType:
@@ -109,8 +122,7 @@ class _SafeUnpickler(pickle.Unpickler):
             return _StorageType(name)
         if module == "torch" and name in {"float32", "float16", "bfloat16", "float64"}:
             return name
-        qualname = f"{module}.{name}"
-        return lambda *a, **k: Opaque(qualname)
+        return _opaque_type(f"{module}.{name}")
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):

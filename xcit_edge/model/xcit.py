@@ -301,7 +301,7 @@ def build_model(cfg: XCiTConfig, seed: int | None = 0) -> XCiT:
     if seed is not None:
         keras.utils.set_random_seed(seed)
     model = XCiT(cfg)
-    model(np.zeros((1, cfg.img_size, cfg.img_size, 3), np.float32))
+    model(keras.Input((cfg.img_size, cfg.img_size, 3), batch_size=1))  # symbolic: builds, computes nothing
     return model
 
 
