@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 from xcit_edge import __version__
@@ -73,8 +74,29 @@ def export_saved_model(model, out: Path, metadata: dict, force: bool = False) ->
             tf.saved_model.save(module, str(tmp), signatures={SIGNATURE_KEY: serve})
         except OSError as e:
             raise UsageError(f"cannot write SavedModel to {out}: {os.strerror(e.errno) if e.errno else e}") from e
+        _pin_fingerprint_uuid(tmp)
     log.info("wrote SavedModel %s", out)
     return Path(out)
+
+
+def _pin_fingerprint_uuid(saved_model_dir: Path) -> None:
+    """Derive the fingerprint's UUID from its content hashes instead of randomness.
+
+    It is the only byte TF writes at random, and "same seed, same file" is what lets a
+    user (or a cache) tell two builds apart by checksum.
+    """
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    path = Path(saved_model_dir) / "fingerprint.pb"
+    if not path.is_file():
+        return
+    fp = fingerprint_pb2.FingerprintDef()
+    fp.ParseFromString(path.read_bytes())
+    if "uuid" not in fp.DESCRIPTOR.fields_by_name:
+        return
+    key = f"{fp.saved_model_checksum}-{fp.checkpoint_hash}-{fp.signature_def_hash}"
+    fp.uuid = str(uuid.uuid5(uuid.NAMESPACE_OID, key).int)
+    path.write_bytes(fp.SerializeToString())
 
 
 def read_metadata(saved_model_dir: Path) -> dict | None:
