@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
-
 from conftest import images, rel_max_err, seeded_timm_model, timm_forward
+
 from xcit_edge.cli import main
 from xcit_edge.fsutil import sha256_tree
 from xcit_edge.savedmodel import read_metadata

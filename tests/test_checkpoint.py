@@ -79,7 +79,7 @@ def test_zip_without_pickle_and_corrupt_safetensors(tmp_path):
     z = tmp_path / "w.pth"
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("x/readme.txt", "hi")
-    with pytest.raises(UsageError, match="no data.pkl"):
+    with pytest.raises(UsageError, match=r"no data\.pkl"):
         read_checkpoint(z)
     s = tmp_path / "w.safetensors"
     s.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")

@@ -4,8 +4,8 @@ import argparse
 
 import numpy as np
 import pytest
-
 from conftest import images, rel_max_err, seeded_timm_model, timm_forward
+
 from xcit_edge.model.weights import load_weights
 from xcit_edge.model.xcit import build_model, count_params
 from xcit_edge.zoo import get_config

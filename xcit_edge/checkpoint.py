@@ -207,4 +207,5 @@ def read_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
         raise UsageError(f"{path}: not a PyTorch (zip) or safetensors checkpoint")
     state = _flatten_state_dict(tensors, path)
     log.info("read %d tensors from %s", len(state), path)
-    return {k: (v.astype(np.float32) if v.dtype.kind == "f" or v.dtype.name == "bfloat16" else v) for k, v in state.items()}
+    floats = {k for k, v in state.items() if v.dtype.kind == "f" or v.dtype.name == "bfloat16"}
+    return {k: (v.astype(np.float32) if k in floats else v) for k, v in state.items()}

@@ -150,7 +150,7 @@ def guess_variant(img_size: int | None, out_dim: int | None, params: int) -> str
     for name in timm_names():
         for features in (False, True):
             cfg = get_config(name, features=features)
-            if img_size and cfg.img_size != img_size or out_dim and cfg.output_dim != out_dim:
+            if (img_size and cfg.img_size != img_size) or (out_dim and cfg.output_dim != out_dim):
                 continue
             err = abs(param_count(cfg) - params) / param_count(cfg)
             if err < best_err:

@@ -31,7 +31,8 @@ def _check_totals(count: int, total: int, archive: Path) -> None:
     if count > MAX_MEMBERS:
         raise UsageError(f"{archive}: more than {MAX_MEMBERS} members; refusing to extract")
     if total > MAX_TOTAL_BYTES:
-        raise UsageError(f"{archive}: would extract {total / 2**30:.1f} GiB; refusing (limit {MAX_TOTAL_BYTES >> 30} GiB)")
+        limit = MAX_TOTAL_BYTES >> 30
+        raise UsageError(f"{archive}: would extract {total / 2**30:.1f} GiB; refusing (limit {limit} GiB)")
 
 
 def _extract_tar(archive: Path, dest: Path) -> None:

@@ -7,6 +7,7 @@ the list of known ones instead of a KeyError deep inside model code.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import asdict, dataclass, replace
 
@@ -149,7 +150,7 @@ def param_count(cfg: XCiTConfig) -> int:
     """
     d, h = cfg.embed_dim, cfg.num_heads
     widths = [3] + ([d // 8, d // 4, d // 2, d] if cfg.patch_size == 16 else [d // 4, d // 2, d])
-    patch = sum(9 * a * b + 2 * b for a, b in zip(widths, widths[1:]))  # conv + BN affine
+    patch = sum(9 * a * b + 2 * b for a, b in itertools.pairwise(widths))  # conv + BN affine
     hidden = int(d * cfg.mlp_ratio)
     mlp = d * hidden + hidden + hidden * d + d
     xca_block = 3 * d + 6 * d + h + (3 * d * d + 3 * d) + (d * d + d) + 2 * (9 * d + d) + 2 * d + mlp

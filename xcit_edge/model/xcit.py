@@ -184,7 +184,8 @@ class LayerScale(layers.Layer):
 
     def build(self, input_shape=None):
         for n in self.names:
-            setattr(self, n, self.add_weight(name=n, shape=(self.dim,), initializer=keras.initializers.Constant(self.eta)))
+            init = keras.initializers.Constant(self.eta)
+            setattr(self, n, self.add_weight(name=n, shape=(self.dim,), initializer=init))
         super().build(input_shape)
 
 
@@ -273,7 +274,9 @@ class XCiT(keras.Model):
         self.patch_embed = ConvPatchEmbed(cfg.embed_dim, cfg.patch_size, name="patch_embed")
         self.pos_embed = PositionalEncodingFourier(cfg.embed_dim, cfg.grid, name="pos_embed")
         self.blocks = [XCABlock(cfg, name=f"blocks.{i}") for i in range(cfg.depth)]
-        self.cls_attn_blocks = [ClassAttentionBlock(cfg, name=f"cls_attn_blocks.{i}") for i in range(cfg.cls_attn_layers)]
+        self.cls_attn_blocks = [
+            ClassAttentionBlock(cfg, name=f"cls_attn_blocks.{i}") for i in range(cfg.cls_attn_layers)
+        ]
         self.norm = _layer_norm("norm")
         self.head = None if cfg.features else _dense(cfg.num_classes, "head")
 
