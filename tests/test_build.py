@@ -140,3 +140,21 @@ def test_help_lists_commands_and_version():
     from xcit_edge import __version__
 
     assert __version__ in run("--version").output
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs: a real 'No space left on device' (skipped where mounting is not allowed)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_full_is_one_line_and_leaves_nothing(tiny_disk):
+    out = tiny_disk / "nano"
+    line = one_line_error(run("build", NANO, "--out", str(out)))
+    assert "No space left on device" in line and "function_node" not in line
+    assert list(tiny_disk.iterdir()) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -74,6 +75,9 @@ def export_saved_model(model, out: Path, metadata: dict, force: bool = False) ->
             tf.saved_model.save(module, str(tmp), signatures={SIGNATURE_KEY: serve})
         except OSError as e:
             raise UsageError(f"cannot write SavedModel to {out}: {os.strerror(e.errno) if e.errno else e}") from e
+        except tf.errors.OpError as e:  # TF's own file layer reports ENOSPC & co. this way
+            reason = re.sub(r"\s*\[Op:\w+\]$", "", e.message.splitlines()[0]).rsplit(";", 1)[-1].strip()
+            raise UsageError(f"cannot write SavedModel to {out}: {reason}") from e
         _pin_fingerprint_uuid(tmp)
     log.info("wrote SavedModel %s", out)
     return Path(out)
