@@ -154,7 +154,19 @@ def tiny_disk(tmp_path):
 
 
 def test_disk_full_is_one_line_and_leaves_nothing(tiny_disk):
-    out = tiny_disk / "nano"
+    out = tiny_disk / "made" / "for" / "nano"  # parents made for the write are removed again
     line = one_line_error(run("build", NANO, "--out", str(out)))
     assert "No space left on device" in line and "function_node" not in line
     assert list(tiny_disk.iterdir()) == []
+
+
+def test_missing_parents_are_created_and_removed_again_on_failure(tmp_path):
+    out = tmp_path / "a" / "b" / "nano"
+    res = run("build", NANO, "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert (out / "saved_model.pb").is_file()
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00" * 64)
+    # a bad checkpoint is caught before any directory is made
+    one_line_error(run("build", NANO, "--weights", str(junk), "--out", str(tmp_path / "x" / "y")))
+    assert not (tmp_path / "x").exists()

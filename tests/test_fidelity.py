@@ -92,3 +92,13 @@ def test_bn_statistics_matter():
     rv = m.patch_embed.proj[0][1].running_var
     assert not torch.allclose(rv, torch.ones_like(rv))
     assert not np.allclose(m.blocks[0].local_mp.bn.running_mean.numpy(), 0)
+
+
+def test_any_input_size_matches_timm(tmp_path):
+    """XCiT is resolution-agnostic: the same weights at 256 px (a 16x16 grid) still match timm."""
+    name = "xcit_nano_12_p16_224"
+    ref_model = seeded_timm_model(name, seed=2)
+    x = images(1, 256, seed=8)
+    model = build_model(get_config(name, img_size=256))
+    load_weights(model, save_checkpoint(ref_model, tmp_path, "pth"))
+    assert rel_max_err(model(x).numpy(), timm_forward(ref_model, x)) < TOL

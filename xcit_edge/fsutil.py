@@ -17,35 +17,69 @@ from pathlib import Path
 from xcit_edge.errors import UsageError
 
 
+def _nearest_existing(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def check_output_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty `out` without `force`, or a parent we cannot write into."""
+    """Refuse a non-empty `out` without `force`, or a location we cannot write into.
+
+    Missing parent directories are fine (they are created on write); the nearest existing
+    ancestor must be a writable directory.
+    """
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UsageError(f"--out {out} is not empty; pass --force to replace it")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"cannot write --out {out}: {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write --out {out}: {parent} is not writable")
+    anchor = _nearest_existing(out.resolve().parent)
+    if not anchor.is_dir():
+        raise UsageError(f"cannot write --out {out}: {anchor} is not a directory")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write --out {out}: {anchor} is not writable")
+
+
+def _make_parents(parent: Path) -> list[Path]:
+    """mkdir -p, returning the directories it created (deepest last) so a failure can undo them."""
+    created = []
+    for d in reversed([parent, *parent.parents]):
+        if not d.exists():
+            d.mkdir()
+            created.append(d)
+    return created
 
 
 @contextlib.contextmanager
 def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temp dir beside `out`; on success it replaces `out` (old one removed last)."""
+    """Yield a temp dir beside `out`; on success it replaces `out` (old one removed last).
+
+    On any failure the temp dir and any parent directories made for it are removed.
+    """
     out = Path(out)
     check_output_dir(out, force)
     parent = out.resolve().parent
+    created: list[Path] = []
     try:
+        created = _make_parents(parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     except OSError as e:
+        _remove_empty(created)
         raise UsageError(f"cannot write --out {out}: {e.strerror}") from e
     try:
         yield tmp
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         raise
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    for d in reversed(dirs):
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def _replace_dir(new: Path, out: Path) -> None:
