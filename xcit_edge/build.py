@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from xcit_edge.errors import UsageError
 from xcit_edge.fsutil import check_output_dir, sha256_file
 from xcit_edge.zoo import XCiTConfig, get_config
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

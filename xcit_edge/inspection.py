@@ -6,15 +6,12 @@ and ops come from `saved_model.pb`, so inspecting an untrusted model is safe.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from xcit_edge.errors import UsageError
 from xcit_edge.savedmodel import preprocessing_of, read_metadata
 from xcit_edge.zoo import get_config, param_count, timm_names
-
-log = logging.getLogger(__name__)
 
 MAX_PB_BYTES = 2 << 30  # protobuf's own limit
 

@@ -126,6 +126,7 @@ def _cached_extract(kind: str, key: str, fill: Callable[[Path], dict]) -> Path:
     entry = cache_root() / kind / key
     record = entry / "source.json"
     if record.is_file() and (entry / "model").is_dir():
+        log.info("using cached %s", entry)
         return find_saved_model_dir(entry / "model")
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=entry.parent))
