@@ -7,7 +7,8 @@ from pathlib import Path
 
 from xcit_edge.errors import UsageError
 from xcit_edge.fsutil import check_output_dir, sha256_file
-from xcit_edge.zoo import XCiTConfig, get_config
+from xcit_edge.synthetic import CLASSES
+from xcit_edge.zoo import FIXTURE, XCiTConfig, get_config
 
 
 @dataclass
@@ -37,13 +38,18 @@ def build_keras(arch: str, weights: Path | None = None, seed: int = 0, features:
 
 
 def build(arch: str, out: Path, weights: Path | None = None, seed: int = 0, features: bool = False,
-          img_size: int | None = None, force: bool = False) -> BuildResult:
-    """Build the model and write it as a SavedModel at `out` (atomically)."""
+          img_size: int | None = None, force: bool = False, labels: list[str] | None = None) -> BuildResult:
+    """Build the model and write it as a SavedModel at `out` (atomically).
+
+    `labels` are recorded class names; the trained fixture gets its synthetic class names.
+    """
     from xcit_edge.model.xcit import count_params
     from xcit_edge.savedmodel import export_saved_model, model_metadata
 
     out = Path(out)
     check_output_dir(out, force)  # fail fast, before minutes of model building
     model, origin = build_keras(arch, weights, seed, features, img_size)
-    export_saved_model(model, out, model_metadata(model.cfg, origin), force=force)
+    if labels is None and model.cfg.name == FIXTURE.name and not model.cfg.features:
+        labels = list(CLASSES)
+    export_saved_model(model, out, model_metadata(model.cfg, origin, labels=labels), force=force)
     return BuildResult(out, model.cfg, count_params(model), origin)

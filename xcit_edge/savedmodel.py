@@ -32,9 +32,13 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 
 
-def model_metadata(cfg: XCiTConfig, weights: dict, preprocessing: Preprocessing | None = None) -> dict:
-    """The JSON document stored in the SavedModel."""
+def model_metadata(cfg: XCiTConfig, weights: dict, preprocessing: Preprocessing | None = None,
+                   labels: list[str] | None = None) -> dict:
+    """The JSON document stored in the SavedModel (`labels`: class names, when not ImageNet's)."""
     pre = preprocessing or timm_default(cfg.img_size)
+    if labels is not None and (cfg.features or len(labels) != cfg.num_classes):
+        raise UsageError(f"{len(labels)} labels for a model with {cfg.output_dim} outputs")
+    default_labels = "imagenet-1k" if cfg.num_classes == 1000 else None
     return {
         "format": METADATA_FORMAT,
         "tool": f"xcit-edge {__version__}",
@@ -42,7 +46,7 @@ def model_metadata(cfg: XCiTConfig, weights: dict, preprocessing: Preprocessing 
         "features": cfg.features,
         "config": cfg.to_dict(),
         "preprocessing": pre.to_dict(),
-        "labels": None if cfg.features else ("imagenet-1k" if cfg.num_classes == 1000 else None),
+        "labels": None if cfg.features else (labels or default_labels),
         "weights": weights,
         "signature": {
             "key": SIGNATURE_KEY,

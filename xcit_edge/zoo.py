@@ -96,6 +96,9 @@ def get_config(name: str, *, features: bool | None = None, img_size: int | None 
     `img_size` overrides the resolution: XCiT runs at any multiple of the patch size.
     """
     base = name.strip().split("/")[-1].split(".")[0].lower()
+    if base.removesuffix("_fe") == FIXTURE.name:
+        cfg = replace(FIXTURE, features=base.endswith("_fe") if features is None else features)
+        return with_img_size(cfg, img_size) if img_size is not None else cfg
     m = _NAME_RE.match(base)
     if not m or m.group(1) not in FAMILIES or int(m.group(2)) not in PATCH_SIZES:
         raise UsageError(
@@ -157,3 +160,18 @@ def param_count(cfg: XCiTConfig) -> int:
     ca_block = 2 * d + 4 * d + 4 * (d * d + d) + mlp
     head = 0 if cfg.features else d * cfg.num_classes + cfg.num_classes
     return patch + d + (64 * d + d) + cfg.depth * xca_block + cfg.cls_attn_layers * ca_block + 2 * d + head
+
+
+# The trained test fixture (`scripts/train_fixture.py`, weights in tests/fixtures/): small enough
+# to train on a CPU in minutes, real enough that accuracy-drop checks measure something.
+FIXTURE = XCiTConfig(
+    name="xcit_fixture_4_p8_64",
+    embed_dim=64,
+    depth=4,
+    num_heads=4,
+    patch_size=8,
+    img_size=64,
+    tokens_norm=False,
+    eta=1.0,
+    num_classes=10,
+)

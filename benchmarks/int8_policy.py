@@ -1,0 +1,96 @@
+"""Evidence for the TFLite int8 policy: which XCiT ops can be int8 and which must stay float.
+
+Builds the trained fixture (tests/fixtures), converts it to full-integer TFLite under several
+`keep_float` policies, and reports for each: whether stock LiteRT (with its default XNNPACK
+delegate) runs it, accuracy on 500 held-out synthetic images, top-1 agreement and cosine
+against the float32 source, and model size.
+
+    python benchmarks/int8_policy.py [--images 500] [--calib 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from xcit_edge.tfimport import import_tensorflow_quietly
+
+POLICIES = {
+    "all-int8": [],
+    "float: BATCH_MATMUL": ["BATCH_MATMUL"],
+    "float: layernorm ops": ["SQUARED_DIFFERENCE", "RSQRT", "MEAN"],
+    "float: l2-normalize ops": ["SUM", "SQRT", "MAXIMUM", "DIV"],
+    "float: SOFTMAX": ["SOFTMAX"],
+    "float: GELU": ["GELU"],
+    "float: attention (bmm+softmax+l2norm)": ["BATCH_MATMUL", "SOFTMAX", "SUM", "SQRT", "MAXIMUM", "DIV"],
+    "float: l2norm+layernorm": ["SUM", "SQRT", "MAXIMUM", "DIV", "SQUARED_DIFFERENCE", "RSQRT", "MEAN"],
+    "float: l2norm+GELU": ["SUM", "SQRT", "MAXIMUM", "DIV", "GELU"],
+    "float: l2norm+layernorm+GELU": ["SUM", "SQRT", "MAXIMUM", "DIV", "SQUARED_DIFFERENCE", "RSQRT", "MEAN", "GELU"],
+    "float: l2norm+layernorm+GELU+softmax": ["SUM", "SQRT", "MAXIMUM", "DIV", "SQUARED_DIFFERENCE", "RSQRT", "MEAN",
+                                            "GELU", "SOFTMAX"],
+    "float: l2norm+layernorm+MUL+ADD": ["SUM", "SQRT", "MAXIMUM", "DIV", "SQUARED_DIFFERENCE", "RSQRT", "MEAN",
+                                        "MUL", "ADD"],
+}
+FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "xcit_fixture_4_p8_64.safetensors"
+
+
+def _run(tflite, path: Path, x: np.ndarray):
+    """Outputs and how they ran: with XNNPACK ('yes'), only without it ('no'), or not at all."""
+    try:
+        return tflite.run(tflite.load(path), x), "yes"
+    except RuntimeError:
+        pass
+    try:
+        return tflite.run(tflite._interpreter(path, delegates=False), x), "no"  # noqa: SLF001
+    except RuntimeError as e:
+        return None, f"fails ({str(e).split('.')[0][:40]})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=500)
+    ap.add_argument("--calib", type=int, default=200)
+    ap.add_argument("--mode", default="full-integer", choices=["full-integer", "int16x8"])
+    ap.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset of the policy names")
+    args = ap.parse_args()
+    import_tensorflow_quietly()
+    from xcit_edge.backends import tflite
+    from xcit_edge.build import build
+    from xcit_edge.calibration import normalize
+    from xcit_edge.graph import prepare
+    from xcit_edge.metrics import agreement
+    from xcit_edge.synthetic import make_images
+    from xcit_edge.targets import all_targets
+
+    tmp = Path(tempfile.mkdtemp(prefix="int8-policy-"))
+    build("xcit_fixture_4_p8_64", tmp / "sm", weights=FIXTURE)
+    graph = prepare(tmp / "sm")
+    calib = normalize(make_images(args.calib, 64, seed=10)[0], graph.preprocessing)
+    pix, labels = make_images(args.images, 64, seed=11)
+    x = normalize(pix, graph.preprocessing)
+    ref = graph.run(x)
+    base = all_targets()["tflite-int8"]
+    print(f"fp32 source accuracy: {(ref.argmax(1) == labels).mean():.4f} on {args.images} images")
+    print(f"{'policy':40s} {'runs(XNNPACK)':>13s} {'acc':>7s} {'drop':>6s} {'agree':>7s} {'cosine':>8s} {'KB':>6s}")
+    for name in args.policies.split(","):
+        spec = dataclasses.replace(base, quantization={**base.quantization, "keep_float": POLICIES[name],
+                                                       "mode": args.mode})
+        d = tmp / name.replace(" ", "_").replace(":", "").replace("(", "").replace(")", "").replace("+", "_")
+        d.mkdir()
+        tflite.convert(graph, spec, calib, d)
+        out, runs = _run(tflite, d / spec.file, x)
+        kb = (d / spec.file).stat().st_size / 1024
+        if out is None:
+            print(f"{name:40s} {runs:>13s}  (does not run: {tflite.float_ops(d / spec.file)} in float)", flush=True)
+            continue
+        m = agreement(out, ref, labels)
+        print(f"{name:40s} {runs:>13s} {m['accuracy']:7.4f} {m['top1_drop']:6.2f} {m['top1_agreement']:7.4f} "
+              f"{m['cosine_mean']:8.5f} {kb:6.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Artifacts on disk: one directory per target with the model file(s), labels and `manifest.json`.
+
+The manifest says everything needed to trust or reproduce the artifact: source model hash,
+target spec, tool and library versions, I/O contract, preprocessing, labels, file hashes
+and sizes, conversion time, what stayed in float and how the artifact compared with the
+source right after conversion.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import platform
+from pathlib import Path
+
+from xcit_edge import __version__
+from xcit_edge.errors import UsageError
+from xcit_edge.fsutil import sha256_file
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "xcit-edge.artifact/1"
+LABELS_FILE = "labels.txt"
+_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "openvino",
+                  "ai-edge-litert", "nncf", "numpy", "mediapipe")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in _DISTRIBUTIONS:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def file_entries(workdir: Path, files: list[str]) -> list[dict]:
+    return [{"file": f, "sha256": sha256_file(workdir / f), "bytes": (workdir / f).stat().st_size} for f in files]
+
+
+def write_manifest(workdir: Path, manifest: dict) -> None:
+    doc = {"format": MANIFEST_FORMAT, "tool": f"xcit-edge {__version__}",
+           "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **manifest}
+    (workdir / MANIFEST).write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def read_manifest(artifact_dir: Path) -> dict:
+    """An artifact's manifest (untrusted input: size-capped, format-checked)."""
+    path = Path(artifact_dir) / MANIFEST
+    if not path.is_file():
+        raise UsageError(f"{artifact_dir}: not an xcit-edge artifact (no {MANIFEST})")
+    if path.stat().st_size > 4 << 20:
+        raise UsageError(f"{path}: manifest larger than 4 MiB")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path}: unreadable manifest ({e})") from e
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        raise UsageError(f"{path}: not a manifest of format {MANIFEST_FORMAT}")
+    return doc

@@ -1,0 +1,113 @@
+"""ONNX via tf2onnx from the frozen GraphDef; checked with `onnx.checker`, run in ONNX Runtime.
+
+`qdq-static` targets are then quantized by ONNX Runtime's static QDQ quantizer (per-channel
+int8 weights, int8 activations) with the calibration images; op types listed in the spec's
+`keep_float` are excluded (`op_types_to_quantize` = all others).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from xcit_edge.backends import Conversion
+from xcit_edge.errors import XcitEdgeError
+
+log = logging.getLogger(__name__)
+
+
+def _rename_io(model, old_in: str, old_out: str) -> None:
+    """tf2onnx names I/O after TF tensors (`input:0`); artifacts expose `input` and `output`."""
+    renames = {old_in: "input", old_out: "output"}
+    for vi in list(model.graph.input) + list(model.graph.output):
+        vi.name = renames.get(vi.name, vi.name)
+    for node in model.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    for vi in list(model.graph.input) + list(model.graph.output):
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.dim_param.startswith("unk__"):
+                dim.dim_param = "batch"
+
+
+def to_onnx(graph, opset: int):
+    """The prepared graph as a checked ONNX ModelProto (float32)."""
+    import onnx
+    from tf2onnx import convert as tf2onnx_convert
+
+    model, _ = tf2onnx_convert.from_graph_def(
+        graph.graph_def, input_names=[graph.input_tensor], output_names=[graph.output_tensor], opset=opset,
+    )
+    _rename_io(model, graph.input_tensor, graph.output_tensor)
+    model.producer_name = "xcit-edge (tf2onnx)"
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise XcitEdgeError(f"tf2onnx produced an invalid ONNX model: {str(e).splitlines()[0]}") from e
+    return model
+
+
+class _Reader:
+    """ONNX Runtime CalibrationDataReader over a numpy batch, one image at a time."""
+
+    def __init__(self, x: np.ndarray):
+        self._it = iter(x)
+
+    def get_next(self):
+        item = next(self._it, None)
+        return None if item is None else {"input": item[None]}
+
+
+def _quantize_qdq(src: Path, dst: Path, calib: np.ndarray, spec) -> list[str]:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    keep = set(spec.quantization.get("keep_float", []))
+    pre = src.with_name("pre.onnx")
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    import onnx
+
+    op_types = sorted({n.op_type for n in onnx.load(str(pre)).graph.node} - keep)
+    quantize_static(
+        str(pre), str(dst), _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    pre.unlink()
+    return sorted(keep)
+
+
+def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
+    import onnx
+
+    model = to_onnx(graph, int(spec.options.get("opset", 17)))
+    out = workdir / spec.file
+    kept: list[str] = []
+    if spec.mode == "qdq-static":
+        fp32 = workdir / "fp32.onnx"
+        onnx.save(model, str(fp32))
+        kept = _quantize_qdq(fp32, out, calib, spec)
+        fp32.unlink()
+    else:
+        onnx.save(model, str(out))
+    saved = onnx.load(str(out))
+    ops = sorted({n.op_type for n in saved.graph.node})
+    return Conversion([spec.file], kept, {"opset": int(spec.options.get("opset", 17)), "ops": ops})
+
+
+def load(path: Path, spec=None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run(session, x: np.ndarray) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    fixed = session.get_inputs()[0].shape[0]
+    step = fixed if isinstance(fixed, int) and fixed > 0 else len(x)
+    outs = [session.run(None, {name: x[i:i + step]})[0] for i in range(0, len(x), step)]
+    return np.concatenate(outs).astype(np.float32)

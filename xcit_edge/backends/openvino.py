@@ -1,0 +1,75 @@
+"""OpenVINO IR via `openvino.convert_model` on the frozen TensorFlow function.
+
+The IR keeps float32 weights (`compress_to_fp16=False`) and is compiled with
+INFERENCE_PRECISION_HINT from the spec (f32 by default: the CPU plugin otherwise picks bf16
+on CPUs that have it, which is a different model numerically). `nncf` targets are
+post-training quantized with NNCF (`nncf.quantize`, transformer model type).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from xcit_edge.backends import Conversion
+from xcit_edge.errors import XcitEdgeError
+
+log = logging.getLogger(__name__)
+
+
+def to_openvino(graph):
+    import openvino as ov
+
+    try:
+        model = ov.convert_model(graph.graph_def)
+    except Exception as e:  # OpConversionFailure and friends carry multi-page messages
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise XcitEdgeError(f"OpenVINO conversion failed: {first[:300]}") from e
+    model.inputs[0].get_tensor().set_names({"input"})
+    model.outputs[0].get_tensor().set_names({"output"})
+    return model
+
+
+def _nncf_quantize(model, calib: np.ndarray, spec):
+    import nncf
+
+    keep = list(spec.quantization.get("keep_float", []))
+    ignored = nncf.IgnoredScope(types=keep) if keep else None
+    kwargs = {"ignored_scope": ignored} if ignored else {}
+    return nncf.quantize(model, nncf.Dataset(list(calib[:, None])), model_type=nncf.ModelType.TRANSFORMER,
+                         subset_size=len(calib), **kwargs)
+
+
+def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
+    import openvino as ov
+
+    model = to_openvino(graph)
+    kept: list[str] = []
+    if spec.mode == "nncf":
+        if calib is None or not len(calib):
+            raise XcitEdgeError(f"{spec.name} needs calibration data (--calibration)")
+        model = _nncf_quantize(model, calib, spec)
+        kept = list(spec.quantization.get("keep_float", []))
+    xml = workdir / spec.file
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    ops = sorted({op.get_type_name() for op in model.get_ops()})
+    return Conversion([spec.file, xml.with_suffix(".bin").name], kept, {"ops": ops})
+
+
+def load(path: Path, spec=None):
+    import openvino as ov
+
+    precision = (spec.options.get("inference_precision", "f32") if spec else "f32")
+    core = ov.Core()
+    return core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+
+
+def run(compiled, x: np.ndarray) -> np.ndarray:
+    port = compiled.inputs[0]
+    fixed = port.get_partial_shape()[0]
+    step = fixed.get_length() if fixed.is_static else len(x)
+    req = compiled.create_infer_request()
+    outs = [req.infer({0: x[i:i + step]})[compiled.outputs[0]].copy() for i in range(0, len(x), step)]
+    return np.concatenate(outs).astype(np.float32)

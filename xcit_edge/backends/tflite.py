@@ -1,0 +1,156 @@
+"""LiteRT/TFLite via `TFLiteConverter.from_concrete_functions` on the frozen function.
+
+Builtin ops only (no Flex / Select-TF ops: stock LiteRT runs every artifact), batch 1 (what
+on-device apps and MediaPipe run; with a dynamic batch the int8 model kept runtime shape
+arithmetic that XNNPACK refused to prepare: measured). Modes:
+* `fp16-weights`: float16 weights, float32 compute;
+* `full-integer`: int8 weights and activations with float32 I/O; op types in `keep_float`
+  stay float through TFLite's selective quantization (the quantization debugger's
+  `denylisted_ops`, the documented way to skip ops);
+* `int16x8`: int16 activations, int8 weights (TFLite's 16x8 mode).
+What really stayed float is read back from the converted model, not assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from xcit_edge.backends import Conversion
+from xcit_edge.errors import XcitEdgeError
+
+log = logging.getLogger(__name__)
+
+
+def _dataset(calib: np.ndarray):
+    def gen():
+        for item in calib:
+            yield [item[None].astype(calib.dtype)]
+
+    return gen
+
+
+def _converter(graph, spec, calib: np.ndarray | None):
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([graph.fixed_batch(1)], None)
+    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
+    conv.target_spec.supported_ops = [builtins]
+    if spec.mode == "fp16-weights":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif spec.mode in ("full-integer", "int16x8"):
+        if calib is None or not len(calib):
+            raise XcitEdgeError(f"{spec.name} needs calibration data (--calibration)")
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = _dataset(calib)
+        first = (tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if spec.mode == "full-integer"
+                 else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8)
+        conv.target_spec.supported_ops = [first, builtins]  # builtins: float fallback for denylisted ops
+    return conv
+
+
+def _quantize_selectively(conv, calib: np.ndarray, keep: list[str]) -> bytes:
+    import tensorflow as tf
+
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=keep)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=conv, debug_dataset=_dataset(calib), debug_options=options)
+    return debugger.get_nondebug_quantized_model()
+
+
+def float_ops(model_path: Path) -> list[str]:
+    """Op types (with counts) computing in float in the converted model, e.g. `SOFTMAX x14`.
+
+    An op computes in float when its output is a float tensor (quantized ops output int8/int16);
+    DEQUANTIZE is the edge back to float and not counted.
+    """
+    interp = _interpreter(model_path, delegates=False)
+    dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    counts: dict[str, int] = {}
+    for op in interp._get_ops_details():  # noqa: SLF001 - the only API listing ops with their tensors
+        if op["op_name"] != "DEQUANTIZE" and any(dtypes.get(i) in (np.float32, np.float16) for i in op["outputs"]):
+            counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    return [f"{k} x{v}" for k, v in sorted(counts.items())]
+
+
+def op_types(model_path: Path) -> list[str]:
+    interp = _interpreter(model_path, delegates=False)
+    return sorted({op["op_name"] for op in interp._get_ops_details()})  # noqa: SLF001
+
+
+def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
+    conv = _converter(graph, spec, calib)
+    keep = list(spec.quantization.get("keep_float", []))
+    try:
+        data = _quantize_selectively(conv, calib, keep) if keep and spec.quantized else conv.convert()
+    except Exception as e:  # the converter raises ConverterError/RuntimeError/ValueError with MLIR dumps
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise XcitEdgeError(f"TFLite conversion failed for {spec.name}: {first[:300]}") from e
+    out = workdir / spec.file
+    out.write_bytes(data)
+    ops = op_types(out)
+    flex = [o for o in ops if o.startswith("Flex") or o == "CUSTOM"]
+    if flex:
+        raise XcitEdgeError(f"{spec.name}: converted model needs non-builtin ops {flex}; stock LiteRT cannot run it")
+    kept = float_ops(out) if spec.quantized else []
+    xnnpack = runs_with_xnnpack(out)
+    if not xnnpack:
+        log.warning("%s: LiteRT's default XNNPACK delegate cannot prepare this model; it runs on the "
+                    "builtin kernels (slower)", spec.name)
+    return Conversion([spec.file], kept, {"ops": ops, "xnnpack": xnnpack})
+
+
+def runs_with_xnnpack(path: Path) -> bool:
+    """Whether LiteRT with its default delegate prepares the model. Probed in a child process:
+    some XNNPACK failures are aborts (a double free, measured), not exceptions."""
+    code = ("import sys; from ai_edge_litert.interpreter import Interpreter; "
+            "Interpreter(model_path=sys.argv[1]).allocate_tensors()")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, timeout=300, check=False)
+    return proc.returncode == 0
+
+
+def _interpreter(path: Path, threads: int | None = None, delegates: bool = True):
+    """A LiteRT interpreter; without the default (XNNPACK) delegate, ops are listed as they are."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interp = Interpreter(model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver)
+    interp.allocate_tensors()
+    return interp
+
+
+def load(path: Path, spec=None):
+    """The interpreter LiteRT users get (default XNNPACK delegate), or builtin kernels where XNNPACK fails."""
+    return _interpreter(path, delegates=runs_with_xnnpack(path))
+
+
+def run(interp, x: np.ndarray) -> np.ndarray:
+    inp = interp.get_input_details()[0]
+    out = interp.get_output_details()[0]
+    outs = []
+    for i in range(len(x)):
+        xi = x[i:i + 1]
+        if inp["dtype"] != np.float32 and xi.dtype != inp["dtype"]:
+            scale, zero = inp["quantization"]
+            xi = np.clip(np.round(xi / scale + zero), *_range(inp["dtype"])).astype(inp["dtype"])
+        if list(inp["shape"]) != list(xi.shape):
+            interp.resize_tensor_input(inp["index"], xi.shape)
+            interp.allocate_tensors()
+        interp.set_tensor(inp["index"], xi.astype(inp["dtype"]))
+        interp.invoke()
+        y = interp.get_tensor(out["index"])
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        outs.append(y.astype(np.float32))
+    return np.concatenate(outs)
+
+
+def _range(dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return info.min, info.max

@@ -1,0 +1,310 @@
+"""Calibration and validation data: images in, model-ready arrays out.
+
+Accepted DATA (the `--calibration` value):
+* `sample`: the small shipped sample (synthetic shapes, `calibration/sample/`);
+* `SUBSET@DIR`: a shipped subset definition (e.g. `imagenet-val-1k@/data/imagenet/val`), a
+  list of file names and labels found anywhere under DIR (flat or synset folders);
+* an ImageNet-style folder (one subfolder per class: synset `n01440764`, index `0`, or the
+  model's own label name);
+* a plain folder of images, labels optional (`--labels FILE`: `name label` per line);
+* an `.npy` / `.npz` array: uint8 NHWC pixels (resized and normalized here), or float
+  arrays already preprocessed for the model (`.npz` keys `images` and optional `labels`).
+
+Images are decoded with Pillow, resized (shorter side to size / crop_pct, timm's eval
+transform), centre-cropped, and kept as uint8 pixels; normalization happens last, so a
+model with baked-in preprocessing gets the same pixels. Unreadable images are skipped,
+counted and named; zero usable images is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from xcit_edge.errors import UsageError
+from xcit_edge.preprocessing import Preprocessing
+from xcit_edge.resources import data_dir
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
+MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs rather than warn
+MAX_ARRAY_BYTES = 8 << 30
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class CalibrationSet:
+    """Decoded data plus where it came from; `digest` identifies it across runs."""
+
+    pixels: np.ndarray | None  # uint8 (N, H, W, 3), resized and cropped
+    floats: np.ndarray | None  # already preprocessed model inputs (float arrays given by the user)
+    labels: np.ndarray | None
+    names: list[str]
+    source: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for arr in (self.pixels, self.floats, self.labels):
+            if arr is not None:
+                h.update(str(arr.shape).encode() + arr.dtype.str.encode())
+                h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
+
+    def model_ready(self, pre: Preprocessing, baked: bool) -> np.ndarray:
+        """NHWC inputs: uint8 pixels for baked models, normalized float32 otherwise."""
+        if self.floats is not None:
+            if baked:
+                raise UsageError(f"{self.source}: float arrays cannot feed a model that takes uint8 pixels; "
+                                 "give images or a uint8 array")
+            return self.floats
+        assert self.pixels is not None
+        if baked:
+            return self.pixels
+        return normalize(self.pixels, pre)
+
+    def take(self, n: int) -> CalibrationSet:
+        """The first `n` items (the order is deterministic: sorted names / array order)."""
+        cut = (lambda a: None if a is None else a[:n])
+        return CalibrationSet(cut(self.pixels), cut(self.floats), cut(self.labels), self.names[:n],
+                              self.source, self.skipped)
+
+
+def normalize(pixels: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    x = pixels.astype(np.float32) * np.float32(pre.scale)
+    return ((x - np.array(pre.mean, np.float32)) / np.array(pre.std, np.float32)).astype(np.float32)
+
+
+@cache
+def _imagenet_table() -> tuple[tuple[str, str], ...]:
+    rows = []
+    for line in (data_dir("calibration") / "imagenet-1k-labels.tsv").read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            _, synset, label = line.split("\t")
+            rows.append((synset, label))
+    return tuple(rows)
+
+
+def imagenet_labels() -> list[str]:
+    """The 1,000 ImageNet class names in timm/TF Hub output order."""
+    return [label for _, label in _imagenet_table()]
+
+
+def imagenet_synsets() -> list[str]:
+    return [synset for synset, _ in _imagenet_table()]
+
+
+def _resample(name: str):
+    from PIL import Image
+
+    return {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+            "nearest": Image.Resampling.NEAREST}.get(name, Image.Resampling.BICUBIC)
+
+
+def resize_crop(img, pre: Preprocessing) -> np.ndarray:
+    """timm's eval transform: shorter side to size/crop_pct, then centre crop to size."""
+    h, w = pre.size
+    scale = max(h, w) / pre.crop_pct / min(img.size)
+    new = (max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale)))
+    img = img.convert("RGB").resize(new, _resample(pre.interpolation))
+    left, top = (new[0] - w) // 2, (new[1] - h) // 2
+    return np.asarray(img.crop((left, top, left + w, top + h)), dtype=np.uint8)
+
+
+def decode_image(path: Path, pre: Preprocessing) -> np.ndarray:
+    """One image as uint8 (H, W, 3); raises OSError/ValueError for anything unreadable or hostile."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            img.load()
+            return resize_crop(img, pre)
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+
+
+def _class_index(name: str, class_names: list[str] | None) -> int | None:
+    if name.isdigit():
+        return int(name)
+    if class_names and len(class_names) == 1000 and name in imagenet_synsets():
+        return imagenet_synsets().index(name)
+    if class_names and name in class_names:
+        return class_names.index(name)
+    return None
+
+
+def _read_labels_file(path: Path, files: list[Path], class_names: list[str] | None) -> np.ndarray:
+    """`name label` per line (label: index or class name), or one label per line in file order."""
+    if not path.is_file():
+        raise UsageError(f"labels file not found: {path}")
+    lines = [ln.split() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    if lines and all(len(parts) >= 2 for parts in lines):
+        table = {parts[0]: parts[-1] for parts in lines}
+        raw = [table.get(f.name, table.get(f.stem)) for f in files]
+        missing = [f.name for f, r in zip(files, raw, strict=True) if r is None]
+        if missing:
+            raise UsageError(f"{path}: no label for {len(missing)} images (e.g. {missing[0]})")
+    elif len(lines) == len(files):
+        raw = [parts[0] for parts in lines]
+    else:
+        raise UsageError(f"{path}: {len(lines)} labels for {len(files)} images; "
+                         "use 'name label' lines or one label per image in sorted file order")
+    idx = [_class_index(r, class_names) for r in raw]
+    if None in idx:
+        bad = raw[idx.index(None)]
+        raise UsageError(f"{path}: label {bad!r} is neither a class index nor one of the model's class names")
+    return np.array(idx, np.int64)
+
+
+def _folder_files(root: Path, class_names: list[str] | None) -> tuple[list[Path], list[int | None]]:
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    direct = sorted(p for p in root.iterdir() if _is_image(p))
+    if subdirs and not direct:
+        files, labels = [], []
+        for d in subdirs:
+            cls = _class_index(d.name, class_names)
+            for p in sorted(q for q in d.rglob("*") if _is_image(q)):
+                files.append(p)
+                labels.append(cls)
+        if any(lab is None for lab in labels):
+            log.warning("%s: class folders do not map to the model's classes; labels ignored", root)
+            labels = [None] * len(files)
+        return files, labels
+    files = sorted(q for q in root.rglob("*") if _is_image(q))
+    return files, [None] * len(files)
+
+
+def _subset_files(definition: Path, root: Path) -> tuple[list[Path], list[int | None]]:
+    if not root.is_dir():
+        raise UsageError(f"subset root {root} is not a directory")
+    wanted: list[tuple[str, int]] = []
+    for line in definition.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, label = line.split()[:2]
+            wanted.append((name, int(label)))
+    index = {p.name: p for p in root.rglob("*") if _is_image(p)}
+    missing = [n for n, _ in wanted if n not in index]
+    if len(missing) == len(wanted):
+        raise UsageError(f"{root}: none of the {len(wanted)} images of subset {definition.stem} found")
+    if missing:
+        log.warning("%s: %d of %d subset images missing (e.g. %s)", root, len(missing), len(wanted), missing[0])
+    return [index[n] for n, _ in wanted if n in index], [lab for n, lab in wanted if n in index]
+
+
+def subset_definitions() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(data_dir("calibration").glob("*.txt"))}
+
+
+def _decode_all(files: list[Path], labels: list[int | None], pre: Preprocessing, source: str,
+                progress: Progress | None) -> CalibrationSet:
+    pixels, names, kept, skipped = [], [], [], []
+    for i, (p, lab) in enumerate(zip(files, labels, strict=True)):
+        try:
+            pixels.append(decode_image(p, pre))
+            names.append(str(p))
+            kept.append(lab)
+        except (OSError, ValueError, SyntaxError, Warning) as e:  # Pillow's ways of saying "not an image"
+            skipped.append((str(p), str(e).splitlines()[0] if str(e) else type(e).__name__))
+        if progress:
+            progress(i + 1, len(files))
+    if skipped:
+        shown = ", ".join(Path(n).name for n, _ in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        log.warning("%s: skipped %d unreadable image(s): %s", source, len(skipped), shown)
+    if not pixels:
+        raise UsageError(f"{source}: no usable images ({len(files)} files, {len(skipped)} unreadable)")
+    lab = None if any(k is None for k in kept) else np.array(kept, np.int64)
+    return CalibrationSet(np.stack(pixels), None, lab, names, source, skipped)
+
+
+def _load_array(path: Path, pre: Preprocessing) -> CalibrationSet:
+    if path.stat().st_size > MAX_ARRAY_BYTES:
+        raise UsageError(f"{path}: larger than {MAX_ARRAY_BYTES >> 30} GiB")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:
+                if "images" not in data.files:
+                    raise UsageError(f"{path}: .npz needs an 'images' array (has: {', '.join(data.files)})")
+                arr, labels = data["images"], data["labels"] if "labels" in data.files else None
+        else:
+            arr, labels = data, None
+    except (OSError, ValueError, EOFError) as e:
+        raise UsageError(f"{path}: unreadable array file ({str(e).splitlines()[0]})") from e
+    h, w = pre.size
+    if arr.ndim != 4 or len(arr) == 0:
+        raise UsageError(f"{path}: expected a non-empty (N, H, W, 3) array, got shape {arr.shape}")
+    names = [f"{path.name}[{i}]" for i in range(len(arr))]
+    if labels is not None:
+        labels = np.asarray(labels).astype(np.int64).reshape(-1)
+        if len(labels) != len(arr):
+            raise UsageError(f"{path}: {len(labels)} labels for {len(arr)} images")
+    if arr.dtype == np.uint8:
+        from PIL import Image
+
+        if arr.shape[-1] != 3:
+            raise UsageError(f"{path}: uint8 images must be NHWC RGB, got shape {arr.shape}")
+        pix = arr if arr.shape[1:3] == (h, w) else np.stack([resize_crop(Image.fromarray(a), pre) for a in arr])
+        return CalibrationSet(pix, None, labels, names, str(path))
+    if arr.shape[1:] != (h, w, 3):
+        raise UsageError(f"{path}: float inputs must be preprocessed NHWC {(h, w, 3)}, got {arr.shape[1:]}")
+    return CalibrationSet(None, arr.astype(np.float32), labels, names, str(path))
+
+
+def load_calibration(data: str | os.PathLike, pre: Preprocessing, *, class_names: list[str] | None = None,
+                     labels_file: Path | None = None, limit: int | None = None,
+                     progress: Progress | None = None) -> CalibrationSet:
+    """Resolve DATA (see the module doc) and decode up to `limit` items for preprocessing `pre`."""
+    text = str(data)
+    subsets = subset_definitions()
+    if text == "sample":
+        files, labels = _folder_files(data_dir("calibration") / "sample", class_names)
+        source = "shipped sample"
+    elif "@" in text and text.split("@", 1)[0] in subsets:
+        name, root = text.split("@", 1)
+        files, labels = _subset_files(subsets[name], Path(root))
+        source = f"subset {name} of {root}"
+    else:
+        path = Path(text)
+        if not path.exists():
+            raise UsageError(f"calibration data not found: {path} (known: sample, a folder, .npy/.npz, "
+                             f"{', '.join(f'{s}@DIR' for s in subsets)})")
+        if path.is_file():
+            if path.suffix not in (".npy", ".npz"):
+                raise UsageError(f"{path}: calibration files must be .npy or .npz (or give a folder of images)")
+            cal = _load_array(path, pre)
+            return cal.take(limit) if limit else cal
+        files, labels = _folder_files(path, class_names)
+        source = str(path)
+    if labels_file is not None:
+        labels = list(_read_labels_file(Path(labels_file), files, class_names))
+    if not files:
+        raise UsageError(f"{source}: no images found")
+    if limit:
+        files, labels = _spread(files, labels, limit)
+    return _decode_all(files, labels, pre, source, progress)
+
+
+def _spread(files: list[Path], labels: list, limit: int) -> tuple[list[Path], list]:
+    """At most `limit` files taken evenly over the sorted list, so every class folder is represented."""
+    if len(files) <= limit:
+        return files, labels
+    idx = np.linspace(0, len(files) - 1, limit).round().astype(int)
+    return [files[i] for i in idx], [labels[i] for i in idx]

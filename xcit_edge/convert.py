@@ -1,0 +1,193 @@
+"""`xcit-edge convert`: one SavedModel in, one checked artifact per target out.
+
+Flow: resolve MODEL -> prepare the graph once (freeze, canonicalize, adapt input) ->
+decode calibration data once -> per target: backend.convert into a temp directory, add
+labels (+ TFLite metadata), run the artifact in its own runtime against the prepared graph
+on a few images, write `manifest.json`, rename into `OUT/<target>/`.
+
+A float target that disagrees with the source beyond its tolerance is a conversion bug and
+fails; a quantized one only warns (its statistical gate is `validate`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xcit_edge.artifact import LABELS_FILE, file_entries, library_versions, write_manifest
+from xcit_edge.backends import backend
+from xcit_edge.calibration import CalibrationSet, load_calibration
+from xcit_edge.errors import UsageError, XcitEdgeError
+from xcit_edge.fsutil import atomic_dir, check_output_dir, sha256_tree
+from xcit_edge.graph import PreparedGraph, prepare
+from xcit_edge.metrics import agreement, failures
+from xcit_edge.preprocessing import Preprocessing
+from xcit_edge.source import resolve
+from xcit_edge.targets import TargetSpec
+
+log = logging.getLogger(__name__)
+
+CHECK_IMAGES = 16
+DEFAULT_CALIBRATION_IMAGES = 100
+MIN_FREE_BYTES = 1 << 20
+
+# progress(event, done, total): events "calibration" (images decoded) and "target" (targets done)
+Progress = Callable[[str, int, int], None]
+
+
+class ArtifactCheckError(XcitEdgeError):
+    """A float artifact that does not reproduce its source: a conversion bug, not bad input."""
+
+    exit_code = 1
+
+
+@dataclass
+class ConvertOptions:
+    calibration: str | None = None
+    labels_file: Path | None = None
+    calibration_images: int | None = None
+    signature: str | None = None
+    output_key: str | None = None
+    preprocessing: Preprocessing | None = None
+    bake_preprocessing: bool = False
+    allow_unknown_model: bool = False
+    weights: Path | None = None
+    force: bool = False
+    write_tflite_metadata: bool = True
+
+
+@dataclass
+class ArtifactResult:
+    target: str
+    path: Path
+    manifest: dict
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "path": str(self.path), "manifest": str(self.path / "manifest.json"),
+                "files": self.manifest["artifact"]["files"], "check": self.manifest["check"],
+                "kept_float": self.manifest["kept_float"], "seconds": self.manifest["conversion_seconds"]}
+
+
+def _calibration(graph: PreparedGraph, targets: list[TargetSpec], opts: ConvertOptions,
+                 progress: Progress | None) -> CalibrationSet:
+    wanted = max([int(t.quantization.get("calibration_images", DEFAULT_CALIBRATION_IMAGES)) for t in targets
+                  if t.quantized] or [CHECK_IMAGES])
+    limit = opts.calibration_images or wanted
+    data = opts.calibration
+    if data is None:
+        data = "sample"
+        if any(t.quantized for t in targets):
+            log.warning("no --calibration given: quantizing with the shipped synthetic sample; "
+                        "give real images for a deployable int8 model")
+    cb = (lambda d, n: progress("calibration", d, n)) if progress else None
+    return load_calibration(data, graph.preprocessing, class_names=graph.labels, labels_file=opts.labels_file,
+                            limit=limit, progress=cb)
+
+
+def _check(spec: TargetSpec, mod, workdir: Path, conv_files: list[str], inputs: np.ndarray,
+           ref: np.ndarray, labels: np.ndarray | None) -> dict:
+    session = mod.load(workdir / conv_files[0], spec)
+    res = agreement(mod.run(session, inputs), ref, labels)
+    res["failures"] = failures(res, spec.tolerances)
+    return res
+
+
+def _write_labels(workdir: Path, labels: list[str] | None) -> list[str]:
+    if not labels:
+        return []
+    (workdir / LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
+    return [LABELS_FILE]
+
+
+def _tflite_metadata(workdir: Path, spec: TargetSpec, graph: PreparedGraph, opts: ConvertOptions) -> dict | None:
+    if spec.backend != "tflite" or not opts.write_tflite_metadata:
+        return None
+    from xcit_edge.tflite_metadata import add_image_classifier_metadata
+
+    return add_image_classifier_metadata(workdir / spec.file, graph)
+
+
+def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, calib_inputs: np.ndarray,
+                 ref: np.ndarray, source_info: dict, out: Path, opts: ConvertOptions) -> ArtifactResult:
+    mod = backend(spec.backend)
+    dest = out / spec.name
+    with atomic_dir(dest, force=True) as tmp:
+        t0 = time.perf_counter()
+        try:
+            conv = mod.convert(graph, spec, calib_inputs if spec.quantized else None, tmp)
+            seconds = time.perf_counter() - t0
+            extra = _write_labels(tmp, graph.labels)
+            meta = _tflite_metadata(tmp, spec, graph, opts)
+            check = _check(spec, mod, tmp, conv.files, calib_inputs[:CHECK_IMAGES], ref, _labels(cal))
+        except OSError as e:
+            raise XcitEdgeError(f"cannot write {dest}: {e.strerror or e}") from e
+        except XcitEdgeError:
+            raise
+        except Exception as e:
+            if shutil.disk_usage(tmp).free < MIN_FREE_BYTES:
+                raise XcitEdgeError(f"cannot write {dest}: no space left on device") from e
+            raise
+        if check["failures"] and not spec.quantized:
+            raise ArtifactCheckError(f"{spec.name}: artifact does not match the source ({'; '.join(check['failures'])})")
+        if check["failures"]:
+            log.warning("%s: quick check outside tolerance (%s); run `xcit-edge validate`",
+                        spec.name, "; ".join(check["failures"]))
+        manifest = {
+            "target": spec.to_dict(),
+            "source": source_info,
+            "libraries": library_versions(),
+            "io": graph.io_spec(),
+            "preprocessing": {**graph.preprocessing.to_dict(), "origin": graph.preprocessing_origin,
+                              "baked_into_model": graph.baked},
+            "labels": {"file": LABELS_FILE, "count": len(graph.labels)} if graph.labels else None,
+            "artifact": {"files": file_entries(tmp, conv.files + extra)},
+            "tflite_metadata": meta,
+            "conversion_seconds": round(seconds, 2),
+            "kept_float": conv.kept_float,
+            "rewrites": graph.rewrites,
+            "backend_details": conv.details,
+            "calibration": {"source": cal.source, "images": int(len(calib_inputs)), "digest": cal.digest,
+                            "skipped": len(cal.skipped)} if spec.quantized else None,
+            "check": check,
+        }
+        write_manifest(tmp, manifest)
+    return ArtifactResult(spec.name, dest, manifest)
+
+
+def _labels(cal: CalibrationSet) -> np.ndarray | None:
+    return None if cal.labels is None else cal.labels[:CHECK_IMAGES]
+
+
+def convert(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptions | None = None,
+            progress: Progress | None = None) -> list[ArtifactResult]:
+    """Convert MODEL to every target under `out`; returns one result per target, in order."""
+    opts = opts or ConvertOptions()
+    out = Path(out)
+    if not targets:
+        raise UsageError("no targets to convert to")
+    check_output_dir(out, opts.force)  # before minutes of work
+    src = resolve(model, weights=opts.weights)
+    graph = prepare(src.path, signature=opts.signature, output_key=opts.output_key,
+                    preprocessing=opts.preprocessing, bake_preprocessing=opts.bake_preprocessing,
+                    allow_unknown=opts.allow_unknown_model)
+    cal = _calibration(graph, targets, opts, progress)
+    calib_inputs = graph.model_input(cal.model_ready(graph.preprocessing, graph.baked))
+    ref = graph.run(calib_inputs[:CHECK_IMAGES])
+    source_info = {"model": src.ref, "kind": src.kind, "path": str(src.path), "sha256": sha256_tree(src.path),
+                   "arch": graph.arch, "arch_origin": graph.arch_origin, "signature": graph.signature_key,
+                   "output_key": graph.output_key}
+    results = []
+    for i, spec in enumerate(targets):
+        if progress:
+            progress("target", i, len(targets))
+        log.info("converting to %s", spec.name)
+        results.append(_convert_one(spec, graph, cal, calib_inputs, ref, source_info, out, opts))
+    if progress:
+        progress("target", len(targets), len(targets))
+    return results

@@ -1,0 +1,285 @@
+"""Load one signature of a SavedModel, check it is an XCiT image model, freeze and adapt it.
+
+Why freeze: the TFLite converter silently drops the weights of our Keras-3 SavedModels
+(`from_saved_model` gives a 531 KB model that outputs NaN; measured), and tf2onnx and
+OpenVINO read a constant-only GraphDef most reliably. After `convert_variables_to_constants_v2`
+every weight is a `Const`, whatever wrote the SavedModel (Keras, `tf.Module`, onnx2tf, onnx-tf).
+
+The prepared function always has one input called `input` and one output; with
+`bake_preprocessing` the input becomes uint8 RGB NHWC and the normalization (and an NCHW
+transpose for channels-first sources) runs inside the graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xcit_edge.errors import UsageError
+from xcit_edge.graph.canonicalize import canonicalize_gelu, op_counts
+from xcit_edge.inspection import guess_variant, read_saved_model_proto
+from xcit_edge.preprocessing import Preprocessing
+from xcit_edge.savedmodel import preprocessing_of, read_metadata
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedGraph:
+    """A frozen, canonical, single-input single-output model every backend converts from."""
+
+    fn: object  # tf ConcreteFunction, constants only
+    graph_def: object
+    input_tensor: str
+    output_tensor: str
+    input_shape: list[int | None]
+    input_dtype: str
+    output_shape: list[int | None]
+    layout: str  # of the source model's input: NHWC | NCHW
+    preprocessing: Preprocessing
+    preprocessing_origin: str
+    baked: bool
+    arch: str | None
+    arch_origin: str
+    features: bool
+    labels: list[str] | None
+    source: Path
+    signature_key: str
+    output_key: str
+    rewrites: dict[str, int] = field(default_factory=dict)
+    factory: object = None  # batch -> frozen ConcreteFunction with that fixed batch size
+
+    def fixed_batch(self, batch: int = 1):
+        """The same function traced for a fixed batch: static shapes let converters fold shape math."""
+        if self.input_shape[0] == batch or self.factory is None:
+            return self.fn
+        return self.factory(batch)
+
+    @property
+    def ops(self) -> dict[str, int]:
+        return op_counts(self.graph_def)
+
+    def io_spec(self) -> dict:
+        return {
+            "input": {"name": "input", "dtype": self.input_dtype, "shape": _json_shape(self.input_shape),
+                      "layout": "NHWC" if self.baked else self.layout},
+            "output": {"name": "output", "dtype": "float32", "shape": _json_shape(self.output_shape),
+                       "kind": "features" if self.features else "logits"},
+        }
+
+    def model_input(self, images: np.ndarray) -> np.ndarray:
+        """Turn calibration images (preprocessed float NHWC, or uint8 NHWC when baked) into this input."""
+        if self.baked:
+            return images
+        return np.ascontiguousarray(images.transpose(0, 3, 1, 2)) if self.layout == "NCHW" else images
+
+    def run(self, x: np.ndarray, batch: int = 16) -> np.ndarray:
+        """The prepared graph in TensorFlow at float32: the reference every artifact is held to."""
+        import tensorflow as tf
+
+        step = 1 if self.input_shape[0] == 1 else batch
+        outs = [self.fn(tf.constant(x[i:i + step]))[0].numpy() for i in range(0, len(x), step)]
+        return np.concatenate(outs).astype(np.float32)
+
+
+def _json_shape(shape) -> list[int]:
+    return [-1 if d is None else int(d) for d in shape]
+
+
+def _load(path: Path):
+    import tensorflow as tf
+
+    read_saved_model_proto(path)  # one-line errors for missing / corrupt protobufs
+    try:
+        return tf.saved_model.load(str(path))
+    except (tf.errors.OpError, ValueError, OSError, KeyError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path}: cannot load SavedModel ({first})") from e
+
+
+def _pick_signature(loaded, path: Path, key: str | None):
+    sigs = dict(loaded.signatures)
+    if key:
+        if key not in sigs:
+            raise UsageError(f"{path}: no signature {key!r} (has: {', '.join(sigs) or 'none'})")
+        return key, sigs[key]
+    if "serving_default" in sigs:
+        return "serving_default", sigs["serving_default"]
+    if len(sigs) == 1:
+        return next(iter(sigs.items()))
+    raise UsageError(f"{path}: {len(sigs)} signatures ({', '.join(sigs) or 'none'}); choose one with --signature")
+
+
+def _image_input(sig, path: Path) -> tuple[str, list[int | None], str]:
+    import tensorflow as tf
+
+    _, kwargs = sig.structured_input_signature
+    if len(kwargs) != 1:
+        raise UsageError(f"{path}: expected one image input, the signature has {len(kwargs)} ({', '.join(kwargs)})")
+    name, spec = next(iter(kwargs.items()))
+    shape = spec.shape.as_list() if spec.shape.rank is not None else None
+    if spec.dtype != tf.float32 or shape is None or len(shape) != 4:
+        raise UsageError(f"{path}: input {name!r} is {spec.dtype.name} {shape}; expected a float32 image batch")
+    if shape[3] == 3 and shape[1] != 3:
+        layout = "NHWC"
+    elif shape[1] == 3:
+        layout = "NCHW"
+    else:
+        raise UsageError(f"{path}: input {name!r} shape {shape} has no 3-channel axis (NHWC or NCHW)")
+    hw = shape[1:3] if layout == "NHWC" else shape[2:4]
+    if None in hw:
+        raise UsageError(f"{path}: input {name!r} has a dynamic resolution {shape}; XCiT exports have a fixed one")
+    return name, shape, layout
+
+
+def _pick_output(sig, path: Path, key: str | None) -> str:
+    outs = sig.structured_outputs
+    if not isinstance(outs, dict) or not outs:
+        raise UsageError(f"{path}: signature outputs are not named tensors")
+    if key:
+        if key not in outs:
+            raise UsageError(f"{path}: no output {key!r} (has: {', '.join(outs)})")
+        return key
+    if len(outs) == 1:
+        return next(iter(outs))
+    if "output" in outs:
+        return "output"
+    rank2 = [k for k, v in outs.items() if v.shape.rank == 2]
+    if len(rank2) == 1:
+        return rank2[0]
+    raise UsageError(f"{path}: several outputs ({', '.join(outs)}); choose one with --output-key")
+
+
+def _const_params(graph_def) -> int:
+    """Float constants with more than one element: a frozen graph's weights (plus a few tables)."""
+    from tensorflow.core.framework import types_pb2
+
+    total = 0
+    for node in graph_def.node:
+        if node.op == "Const" and node.attr["dtype"].type in (types_pb2.DT_FLOAT, types_pb2.DT_HALF):
+            n = int(np.prod([d.size for d in node.attr["value"].tensor.tensor_shape.dim]))
+            total += n if n > 1 else 0
+    return total
+
+
+def _identify(path: Path, meta: dict | None, img_size: int, out_dim: int | None, params: int,
+              allow_unknown: bool) -> tuple[str | None, str, bool]:
+    if meta:
+        return meta["arch"], "recorded by xcit-edge build", bool(meta.get("features"))
+    variant = guess_variant(img_size, out_dim, params)
+    if variant:
+        return variant, "guessed from input size, output width and parameter count", variant.endswith("_fe")
+    if allow_unknown:
+        return None, "not recognised (accepted with --allow-unknown-model)", out_dim != 1000
+    raise UsageError(
+        f"{path}: not a recognised XCiT model ({params:,} weights, input {img_size}px, output width {out_dim}); "
+        "pass --allow-unknown-model to convert it anyway"
+    )
+
+
+def _labels(meta: dict | None, out_dim: int | None, features: bool) -> list[str] | None:
+    from xcit_edge.calibration import imagenet_labels
+
+    if features:
+        return None
+    recorded = meta.get("labels") if meta else None
+    if isinstance(recorded, list) and len(recorded) == out_dim:
+        return [str(v) for v in recorded]
+    if out_dim == 1000 and recorded in (None, "imagenet-1k"):
+        return imagenet_labels()
+    return None
+
+
+def _inner_function(graph_def, input_tensor: str, output_tensor: str):
+    import tensorflow as tf
+
+    def _imports():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+
+    wrapped = tf.compat.v1.wrap_function(_imports, [])
+    g = wrapped.graph
+    return wrapped.prune(g.get_tensor_by_name(input_tensor), g.get_tensor_by_name(output_tensor))
+
+
+def _adapted(inner, shape: list[int | None], layout: str, pre: Preprocessing, bake: bool):
+    """The final function: input `input` (source contract, or uint8 NHWC when baking)."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    if bake:
+        nhwc = [shape[0], *shape[2:4], 3] if layout == "NCHW" else list(shape)
+        spec = tf.TensorSpec(nhwc, tf.uint8, name="input")
+        scale = np.array(pre.scale, np.float32)
+        mean = np.array(pre.mean, np.float32)
+        inv_std = (1.0 / np.array(pre.std, np.float64)).astype(np.float32)
+
+        def body(x):
+            x = (tf.cast(x, tf.float32) * scale - mean) * inv_std
+            return tf.transpose(x, [0, 3, 1, 2]) if layout == "NCHW" else x
+    else:
+        spec = tf.TensorSpec(shape, tf.float32, name="input")
+
+        def body(x):
+            return x
+
+    @tf.function(input_signature=[spec], autograph=False)
+    def serve(input):  # noqa: A002 - the argument name becomes the artifacts' input name
+        return tf.identity(inner(body(input)), name="output")
+
+    return convert_variables_to_constants_v2(serve.get_concrete_function())
+
+
+def prepare(path: Path, *, signature: str | None = None, output_key: str | None = None,
+            preprocessing: Preprocessing | None = None, bake_preprocessing: bool = False,
+            allow_unknown: bool = False) -> PreparedGraph:
+    """Load, check, freeze, canonicalize and adapt the SavedModel at `path`."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    path = Path(path)
+    loaded = _load(path)
+    key, sig = _pick_signature(loaded, path, signature)
+    in_name, in_shape, layout = _image_input(sig, path)
+    out_key = _pick_output(sig, path, output_key)
+    frozen = convert_variables_to_constants_v2(sig)
+    out_tensor = frozen.outputs[_flat_output_index(sig, out_key)].name
+    gd, n_gelu = canonicalize_gelu(frozen.graph.as_graph_def(), [_node_name(out_tensor)])
+    inner = _inner_function(gd, frozen.inputs[0].name, out_tensor)
+    out_shape = sig.structured_outputs[out_key].shape.as_list()
+    img_size = in_shape[1] if layout == "NHWC" else in_shape[2]
+    out_dim = out_shape[-1] if out_shape and out_shape[-1] else None
+    meta = read_metadata(path)
+    arch, arch_origin, features = _identify(path, meta, img_size, out_dim, _const_params(gd), allow_unknown)
+    if preprocessing is not None:
+        pre, pre_origin = preprocessing, "given on the command line"
+    else:
+        pre, pre_origin = preprocessing_of(path, img_size)
+    if layout == "NCHW":
+        pre = Preprocessing(**{**pre.to_dict(), "layout": "NCHW", "size": tuple(pre.size)})
+    fn = _adapted(inner, in_shape, layout, pre, bake_preprocessing)
+
+    def factory(batch: int):
+        return _adapted(inner, [batch, *in_shape[1:]], layout, pre, bake_preprocessing)
+
+    final_gd = fn.graph.as_graph_def()
+    in_spec = fn.inputs[0]
+    log.info("prepared %s (%s, signature %s, output %s)", path, arch or "unknown XCiT", key, out_key)
+    return PreparedGraph(
+        fn=fn, graph_def=final_gd, input_tensor=in_spec.name, output_tensor=fn.outputs[0].name,
+        input_shape=in_spec.shape.as_list(), input_dtype=in_spec.dtype.name,
+        output_shape=fn.outputs[0].shape.as_list(), layout=layout, preprocessing=pre,
+        preprocessing_origin=pre_origin, baked=bake_preprocessing, arch=arch, arch_origin=arch_origin,
+        features=features, labels=_labels(meta, out_dim, features), source=path, signature_key=key,
+        output_key=out_key, rewrites={"gelu_canonicalized": n_gelu}, factory=factory,
+    )
+
+
+def _node_name(tensor: str) -> str:
+    return tensor.split(":")[0]
+
+
+def _flat_output_index(sig, out_key: str) -> int:
+    """Position of `out_key` among the signature's flattened outputs (dicts flatten by sorted key)."""
+    return sorted(sig.structured_outputs).index(out_key)
