@@ -45,7 +45,7 @@ def _run(tflite, path: Path, x: np.ndarray):
     except RuntimeError:
         pass
     try:
-        return tflite.run(tflite._interpreter(path, delegates=False), x), "no"  # noqa: SLF001
+        return tflite.run(tflite._interpreter(path, delegates=False), x), "no"
     except RuntimeError as e:
         return None, f"fails ({str(e).split('.')[0][:40]})"
 

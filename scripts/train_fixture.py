@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import timm  # noqa: F401  (before TensorFlow-importing modules, see tests/conftest.py)
+import timm
 import torch
 from safetensors.torch import save_file
 from timm.models.xcit import Xcit

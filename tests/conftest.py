@@ -27,3 +27,67 @@ from xcit_edge.timm_ref import images, rel_max_err, seeded_timm_model, timm_forw
 def private_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own model cache, so nothing leaks between tests or into ~."""
     monkeypatch.setenv("XCIT_EDGE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def run(*args):
+    """The CLI in-process (click's runner), stdout and stderr kept apart."""
+    from click.testing import CliRunner
+
+    from xcit_edge.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, code=2):
+    """Assert a failure printed exactly one `error:` line (no traceback) with exit `code`."""
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs: a real 'No space left on device' (skipped where mounting is not allowed)."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def onnx2tf_saved_model(model, size: int, workdir):
+    """A foreign SavedModel the way users make one: timm -> torch.onnx.export -> onnx2tf.
+
+    ONNX Runtime's basic graph optimizations fold the Fourier position encoding first (onnx2tf
+    1.29 fails on its Expand otherwise). onnx2tf reads a calibration sample from the working
+    directory or downloads it; a seeded one is written so nothing is fetched.
+    """
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    pytest.importorskip("onnx2tf")
+    workdir.mkdir(parents=True, exist_ok=True)
+    onnx_path, folded = workdir / "model.onnx", workdir / "folded.onnx"
+    torch.onnx.export(model, torch.zeros(1, 3, size, size), str(onnx_path), opset_version=17,
+                      input_names=["input"], output_names=["logits"], dynamo=False)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(folded)
+    ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    sample = np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32)
+    np.save(workdir / "calibration_image_sample_data_20x128x128x3_float32.npy", sample)
+    out = workdir / "saved_model"
+    proc = subprocess.run([sys.executable, "-m", "onnx2tf.onnx2tf", "-i", str(folded), "-o", str(out), "-osd", "-n"],
+                          cwd=workdir, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"})
+    assert (out / "saved_model.pb").is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
+    return out

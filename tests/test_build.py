@@ -8,25 +8,12 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from click.testing import CliRunner
-from conftest import images, rel_max_err, seeded_timm_model, timm_forward
+from conftest import images, one_line_error, rel_max_err, run, seeded_timm_model, timm_forward
 
-from xcit_edge.cli import main
 from xcit_edge.fsutil import sha256_tree
 from xcit_edge.savedmodel import read_metadata
 
 NANO = "xcit_nano_12_p16_224"
-
-
-def run(*args):
-    return CliRunner().invoke(main, list(args))
-
-
-def one_line_error(result, code=2):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -140,17 +127,6 @@ def test_help_lists_commands_and_version():
     from xcit_edge import __version__
 
     assert __version__ in run("--version").output
-
-
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 1 MiB tmpfs: a real 'No space left on device' (skipped where mounting is not allowed)."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_disk_full_is_one_line_and_leaves_nothing(tiny_disk):

@@ -78,7 +78,8 @@ class CalibrationSet:
 
     def take(self, n: int) -> CalibrationSet:
         """The first `n` items (the order is deterministic: sorted names / array order)."""
-        cut = (lambda a: None if a is None else a[:n])
+        def cut(a):
+            return (None if a is None else a[:n])
         return CalibrationSet(cut(self.pixels), cut(self.floats), cut(self.labels), self.names[:n],
                               self.source, self.skipped)
 

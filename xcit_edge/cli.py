@@ -131,5 +131,102 @@ def inspect(ctx, model, weights, as_json):
     click.echo(f"preprocessing: {Preprocessing.from_dict(info.preprocessing).describe()} ({info.preprocessing_origin})")
 
 
+def _preprocessing_override(size, mean, std, interpolation, crop_pct):
+    """A Preprocessing from flags (foreign models), or None when no flag is given."""
+    if not any(v is not None for v in (size, mean, std, interpolation, crop_pct)):
+        return None
+    from xcit_edge.preprocessing import Preprocessing
+    from xcit_edge.zoo import IMAGENET_MEAN, IMAGENET_STD
+
+    def triple(text, default):
+        if text is None:
+            return default
+        parts = [float(v) for v in text.split(",")]
+        if len(parts) != 3:
+            raise click.BadParameter(f"{text!r}: give three comma-separated numbers")
+        return tuple(parts)
+
+    if size is None:
+        raise click.BadParameter("--input-size is required with other preprocessing flags")
+    return Preprocessing(size=(size, size), interpolation=interpolation or "bicubic", crop_pct=crop_pct or 1.0,
+                         mean=triple(mean, IMAGENET_MEAN), std=triple(std, IMAGENET_STD))
+
+
+class _ConvertProgress:
+    """Rich progress bars for calibration decoding and targets (nothing under --quiet)."""
+
+    def __init__(self, quiet: bool, targets: list[str]):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.targets = targets
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=Console(stderr=True, quiet=quiet or not sys.stderr.isatty()),
+                            transient=False)
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, event: str, done: int, total: int) -> None:
+        if event not in self.tasks:
+            self.tasks[event] = self.bar.add_task("calibration images" if event == "calibration" else "targets",
+                                                  total=total)
+        desc = None
+        if event == "target":
+            desc = f"converting {self.targets[done]}" if done < total else "targets done"
+        self.bar.update(self.tasks[event], completed=done, total=total, **({"description": desc} if desc else {}))
+
+
+@main.command()
+@click.argument("model")
+@click.option("--target", "target", default="all", show_default=True,
+              help="Target name(s), comma-separated, or 'all' (see targets/*.toml).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for the artifacts.")
+@click.option("--calibration", help="Images for int8 and the post-conversion check: 'sample', a folder, .npy/.npz, "
+              "or SUBSET@DIR (e.g. imagenet-val-1k@/data/imagenet/val).")
+@click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Labels for a plain image folder.")
+@click.option("--calibration-images", type=click.IntRange(min=1), help="Use at most this many calibration images.")
+@click.option("--bake-preprocessing", is_flag=True, help="Artifacts take uint8 RGB and normalize inside.")
+@click.option("--signature", help="SavedModel signature (default: serving_default or the only one).")
+@click.option("--output-key", help="Signature output to convert, when there are several.")
+@click.option("--input-size", type=int, help="Foreign models: input resolution for preprocessing.")
+@click.option("--mean", help="Foreign models: normalization mean, e.g. 0.485,0.456,0.406.")
+@click.option("--std", help="Foreign models: normalization std, e.g. 0.229,0.224,0.225.")
+@click.option("--interpolation", type=click.Choice(["bicubic", "bilinear", "nearest"]), help="Resize filter.")
+@click.option("--crop-pct", type=float, help="Centre-crop fraction (1.0: resize only).")
+@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint, when MODEL is an architecture name.")
+@click.option("--allow-unknown-model", is_flag=True, help="Convert a model not recognised as XCiT.")
+@click.option("--no-tflite-metadata", is_flag=True, help="Do not embed TFLite metadata (MediaPipe needs it).")
+@click.option("--force", is_flag=True, help="Replace artifacts in a non-empty --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print {\"artifacts\": [...]} as JSON on stdout.")
+@click.pass_context
+def convert(ctx, model, target, out, calibration, labels_file, calibration_images, bake_preprocessing, signature,
+            output_key, input_size, mean, std, interpolation, crop_pct, weights, allow_unknown_model,
+            no_tflite_metadata, force, as_json):
+    """Convert MODEL (SavedModel dir, archive, hub handle or arch name) to TFLite, ONNX and OpenVINO."""
+    from xcit_edge.convert import ConvertOptions
+    from xcit_edge.convert import convert as run_convert
+    from xcit_edge.targets import parse_targets
+
+    specs = parse_targets(target)
+    opts = ConvertOptions(
+        calibration=calibration, labels_file=labels_file, calibration_images=calibration_images,
+        signature=signature, output_key=output_key,
+        preprocessing=_preprocessing_override(input_size, mean, std, interpolation, crop_pct),
+        bake_preprocessing=bake_preprocessing, allow_unknown_model=allow_unknown_model, weights=weights,
+        force=force, write_tflite_metadata=not no_tflite_metadata,
+    )
+    progress = _ConvertProgress(ctx.obj.get("quiet", False), [s.name for s in specs])
+    with progress.bar:
+        results = run_convert(model, specs, out, opts, progress=progress)
+    if as_json:
+        click.echo(json.dumps({"artifacts": [r.to_dict() for r in results]}, indent=2))
+        return
+    for r in results:
+        c = r.manifest["check"]
+        size = sum(f["bytes"] for f in r.manifest["artifact"]["files"])
+        verdict = "ok" if not c["failures"] else "CHECK: " + "; ".join(c["failures"])
+        click.echo(f"{r.target:14s} {r.path}  {size / 1e6:7.2f} MB  cosine {c['cosine_mean']:.6f}  "
+                   f"top-1 agreement {c['top1_agreement']:.3f} ({c['images']} images)  {verdict}")
+
+
 if __name__ == "__main__":
     main()

@@ -134,7 +134,8 @@ def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, ca
                 raise XcitEdgeError(f"cannot write {dest}: no space left on device") from e
             raise
         if check["failures"] and not spec.quantized:
-            raise ArtifactCheckError(f"{spec.name}: artifact does not match the source ({'; '.join(check['failures'])})")
+            why = "; ".join(check["failures"])
+            raise ArtifactCheckError(f"{spec.name}: artifact does not match the source ({why})")
         if check["failures"]:
             log.warning("%s: quick check outside tolerance (%s); run `xcit-edge validate`",
                         spec.name, "; ".join(check["failures"]))
@@ -152,7 +153,7 @@ def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, ca
             "kept_float": conv.kept_float,
             "rewrites": graph.rewrites,
             "backend_details": conv.details,
-            "calibration": {"source": cal.source, "images": int(len(calib_inputs)), "digest": cal.digest,
+            "calibration": {"source": cal.source, "images": len(calib_inputs), "digest": cal.digest,
                             "skipped": len(cal.skipped)} if spec.quantized else None,
             "check": check,
         }

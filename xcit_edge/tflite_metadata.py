@@ -9,6 +9,12 @@ LiteRT's `schema_py_generated`; MediaPipe's own MetadataWriter is not used becau
 mediapipe 1.2 wheel lacks the native module it imports (`_pywrap_metadata_version`).
 
 Only version-1.0.0 features are used, hence `minParserVersion = "1.0.0"`.
+
+MediaPipe Tasks refuse per-channel normalization ("Per-channel image normalization is not
+available": measured with mediapipe 1.2.2), and XCiT's ImageNet mean/std are per channel; so
+the artifacts MediaPipe runs are the `--bake-preprocessing` ones (uint8 input, no
+normalization metadata needed). Float-input artifacts still carry the per-channel metadata,
+which TFLite Support's Task Library and custom code can read.
 """
 
 from __future__ import annotations
@@ -100,7 +106,7 @@ def _with_metadata(model_fb, model_bytes: bytes, meta: bytes) -> bytes:
     model = model_fb.ModelT.InitFromObj(model_fb.Model.GetRootAs(model_bytes, 0))
     buf = model_fb.BufferT()
     buf.data = np.frombuffer(meta, dtype=np.uint8)
-    model.buffers = list(model.buffers or []) + [buf]
+    model.buffers = [*list(model.buffers or []), buf]
     entry = model_fb.MetadataT()
     entry.name = METADATA_NAME
     entry.buffer = len(model.buffers) - 1
@@ -124,6 +130,8 @@ def add_image_classifier_metadata(model_path: Path, graph) -> dict | None:
         log.warning("mediapipe is not installed: TFLite artifacts carry no metadata (MediaPipe Tasks need it)")
         return None
     model_fb, meta_fb = schemas
+    if not graph.baked:
+        log.info("MediaPipe Tasks cannot apply per-channel normalization: use --bake-preprocessing for them")
     data = _with_metadata(model_fb, model_path.read_bytes(), metadata_buffer(meta_fb, graph))
     if graph.labels:
         zbuf = io.BytesIO()

@@ -72,7 +72,7 @@ def float_ops(model_path: Path) -> list[str]:
     interp = _interpreter(model_path, delegates=False)
     dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
     counts: dict[str, int] = {}
-    for op in interp._get_ops_details():  # noqa: SLF001 - the only API listing ops with their tensors
+    for op in interp._get_ops_details():
         if op["op_name"] != "DEQUANTIZE" and any(dtypes.get(i) in (np.float32, np.float16) for i in op["outputs"]):
             counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
     return [f"{k} x{v}" for k, v in sorted(counts.items())]
@@ -80,7 +80,7 @@ def float_ops(model_path: Path) -> list[str]:
 
 def op_types(model_path: Path) -> list[str]:
     interp = _interpreter(model_path, delegates=False)
-    return sorted({op["op_name"] for op in interp._get_ops_details()})  # noqa: SLF001
+    return sorted({op["op_name"] for op in interp._get_ops_details()})
 
 
 def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:

@@ -53,6 +53,14 @@ class _Graph:
             for i in n.input:
                 self.consumers.setdefault(_base(i), []).append(n)
 
+    def scalar(self, node) -> float | None:
+        """`_scalar` through Identity chains (inlined function inputs are Identity(Const))."""
+        for _ in range(8):
+            if node is None or node.op not in ("Identity", "Snapshot"):
+                break
+            node = self.nodes.get(_base(node.input[0]))
+        return _scalar(node)
+
     def input_of(self, erf) -> str | None:
         """Walk up from an Erf/Erfc through scalar Mul/RealDiv/Neg to the tensor x."""
         cur = self.nodes.get(_base(erf.input[0]))
@@ -64,10 +72,10 @@ class _Graph:
                 continue
             if cur.op in ("Mul", "RealDiv"):
                 a, b = (self.nodes.get(_base(i)) for i in cur.input)
-                if _scalar(b) is not None:
+                if self.scalar(b) is not None:
                     cur = a
                     continue
-                if cur.op == "Mul" and _scalar(a) is not None:
+                if cur.op == "Mul" and self.scalar(a) is not None:
                     cur = b
                     continue
             return cur.name
@@ -81,12 +89,15 @@ class _Graph:
             return memo[name]
         node = self.nodes.get(name)
         result = None
-        if node is not None and (c := _scalar(node)) is not None:
+        if node is not None and (c := self.scalar(node)) is not None:
             result = np.float64(c)
+        elif node is not None and node.op in ("Identity", "Snapshot") and depth < 8:
+            result = self.evaluate(_base(node.input[0]), x, memo, depth + 1)
         elif node is not None and node.op in _ELEMENTWISE and depth < 8:
             args = [self.evaluate(_base(i), x, memo, depth + 1) for i in node.input if not i.startswith("^")]
             if all(a is not None for a in args):
-                result = _apply(node.op, args)
+                with np.errstate(all="ignore"):
+                    result = _apply(node.op, args)
         memo[name] = result
         return result
 

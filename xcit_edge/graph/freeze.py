@@ -165,13 +165,24 @@ def _const_params(graph_def) -> int:
     return total
 
 
-def _identify(path: Path, meta: dict | None, img_size: int, out_dim: int | None, params: int,
+def _looks_like_xcit(graph_def) -> bool:
+    """XCiT's structure, whatever wrote the graph: attention softmaxes, the depthwise convolutions
+    of the local patch interaction, and (canonical) GELUs."""
+    ops = op_counts(graph_def)
+    return ops.get("Softmax", 0) >= 2 and ops.get("DepthwiseConv2dNative", 0) >= 2 and ops.get("Erf", 0) >= 2
+
+
+def _identify(path: Path, meta: dict | None, img_size: int, out_dim: int | None, graph_def,
               allow_unknown: bool) -> tuple[str | None, str, bool]:
     if meta:
         return meta["arch"], "recorded by xcit-edge build", bool(meta.get("features"))
+    params = _const_params(graph_def)
     variant = guess_variant(img_size, out_dim, params)
     if variant:
         return variant, "guessed from input size, output width and parameter count", variant.endswith("_fe")
+    if _looks_like_xcit(graph_def):
+        # Exporters add constants (onnx2tf keeps transposed weight copies): the count is only a hint.
+        return None, f"XCiT structure, variant not identified ({params:,} float constants)", out_dim != 1000
     if allow_unknown:
         return None, "not recognised (accepted with --allow-unknown-model)", out_dim != 1000
     raise UsageError(
@@ -241,7 +252,7 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
     path = Path(path)
     loaded = _load(path)
     key, sig = _pick_signature(loaded, path, signature)
-    in_name, in_shape, layout = _image_input(sig, path)
+    _in_name, in_shape, layout = _image_input(sig, path)
     out_key = _pick_output(sig, path, output_key)
     frozen = convert_variables_to_constants_v2(sig)
     out_tensor = frozen.outputs[_flat_output_index(sig, out_key)].name
@@ -251,7 +262,7 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
     img_size = in_shape[1] if layout == "NHWC" else in_shape[2]
     out_dim = out_shape[-1] if out_shape and out_shape[-1] else None
     meta = read_metadata(path)
-    arch, arch_origin, features = _identify(path, meta, img_size, out_dim, _const_params(gd), allow_unknown)
+    arch, arch_origin, features = _identify(path, meta, img_size, out_dim, gd, allow_unknown)
     if preprocessing is not None:
         pre, pre_origin = preprocessing, "given on the command line"
     else:

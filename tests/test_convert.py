@@ -1,0 +1,283 @@
+"""`xcit-edge convert`: every target from native and foreign XCiT SavedModels, each artifact run in
+its own runtime and held to its target spec against timm (the independent reference)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import images, one_line_error, onnx2tf_saved_model, run, seeded_timm_model, timm_forward
+
+from xcit_edge.backends import backend
+from xcit_edge.build import build
+from xcit_edge.calibration import normalize
+from xcit_edge.fsutil import sha256_file
+from xcit_edge.metrics import agreement
+from xcit_edge.preprocessing import timm_default
+from xcit_edge.synthetic import CLASSES, make_images
+from xcit_edge.targets import all_targets
+from xcit_edge.zoo import FIXTURE
+
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+
+FIXTURE_WEIGHTS = Path(__file__).parent / "fixtures" / f"{FIXTURE.name}.safetensors"
+PRE = timm_default(FIXTURE.img_size)
+
+
+@pytest.fixture(scope="module")
+def timm_fixture():
+    from safetensors.torch import load_file
+    from timm.models.xcit import Xcit
+
+    c = FIXTURE
+    model = Xcit(img_size=c.img_size, patch_size=c.patch_size, embed_dim=c.embed_dim, depth=c.depth,
+                 num_heads=c.num_heads, num_classes=c.num_classes, eta=c.eta, tokens_norm=c.tokens_norm)
+    model.load_state_dict(load_file(FIXTURE_WEIGHTS))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def fixture_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fx") / "fixture"
+    build(FIXTURE.name, out, weights=FIXTURE_WEIGHTS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """Images the fixture never saw (training used seed 1, its validation seed 2)."""
+    pixels, labels = make_images(300, FIXTURE.img_size, seed=11)
+    return pixels, labels
+
+
+@pytest.fixture(scope="module")
+def calib_npz(tmp_path_factory):
+    pixels, labels = make_images(200, FIXTURE.img_size, seed=10)
+    path = tmp_path_factory.mktemp("cal") / "calib.npz"
+    np.savez(path, images=pixels, labels=labels)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fixture_artifacts(fixture_dir, calib_npz, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "out"
+    res = run("--quiet", "convert", fixture_dir, "--target", "all", "--out", out, "--calibration", calib_npz, "--json")
+    assert res.exit_code == 0, res.output
+    return {a["target"]: a for a in json.loads(res.stdout)["artifacts"]}
+
+
+def run_artifact(entry: dict, x: np.ndarray) -> np.ndarray:
+    spec = all_targets()[entry["target"]]
+    mod = backend(spec.backend)
+    return mod.run(mod.load(Path(entry["path"]) / spec.file, spec), x)
+
+
+def test_fixture_is_trained_and_our_savedmodel_is_timm(timm_fixture, fixture_dir, held_out):
+    from xcit_edge.graph import prepare
+
+    pixels, labels = held_out
+    x = normalize(pixels, PRE)
+    ref = timm_forward(timm_fixture, x)
+    assert (ref.argmax(1) == labels).mean() >= 0.9  # chance is 0.1
+    ours = prepare(fixture_dir).run(x)
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4
+
+
+def test_fixture_every_target_keeps_its_promise(fixture_artifacts, timm_fixture, held_out):
+    pixels, labels = held_out
+    x = normalize(pixels, PRE)
+    ref = timm_forward(timm_fixture, x)
+    assert set(fixture_artifacts) == set(all_targets())
+    for name, entry in fixture_artifacts.items():
+        tol = all_targets()[name].tolerances
+        m = agreement(run_artifact(entry, x), ref, labels)
+        assert m["cosine_mean"] >= tol["min_cosine"], (name, m)
+        assert m["top1_agreement"] >= tol["min_top1_agreement"], (name, m)
+        assert m["top1_drop"] <= tol["max_top1_drop"], (name, m)
+        if not all_targets()[name].quantized:
+            assert m["cosine_mean"] >= 0.999, (name, m)
+
+
+def test_manifest_describes_the_artifact(fixture_artifacts, fixture_dir):
+    from xcit_edge.artifact import read_manifest
+    from xcit_edge.fsutil import sha256_tree
+
+    for name, entry in fixture_artifacts.items():
+        man = read_manifest(Path(entry["path"]))
+        assert man["target"]["name"] == name
+        assert man["source"]["sha256"] == sha256_tree(fixture_dir)
+        assert man["source"]["arch"] == FIXTURE.name
+        for f in man["artifact"]["files"]:
+            path = Path(entry["path"]) / f["file"]
+            assert sha256_file(path) == f["sha256"] and path.stat().st_size == f["bytes"]
+        assert (Path(entry["path"]) / "labels.txt").read_text().split() == list(CLASSES)
+        assert man["io"]["input"]["shape"][1:] == [64, 64, 3]
+        assert {"tensorflow", "onnx", "openvino"} <= set(man["libraries"]) | {"tensorflow"}
+    int8 = json.loads((Path(fixture_artifacts["tflite-int8"]["path"]) / "manifest.json").read_text())
+    assert any(k.startswith("DIV") for k in int8["kept_float"]) and int8["calibration"]["images"] == 200
+
+
+def test_onnx_is_valid_opset_17(fixture_artifacts):
+    import onnx
+
+    model = onnx.load(str(Path(fixture_artifacts["onnx"]["path"]) / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["output"]
+
+
+def test_tflite_uses_builtins_only(fixture_artifacts):
+    from xcit_edge.backends.tflite import op_types
+
+    for name in ("tflite-fp16", "tflite-int8"):
+        ops = op_types(Path(fixture_artifacts[name]["path"]) / "model.tflite")
+        assert "GELU" in ops and not any(o.startswith("Flex") or o == "CUSTOM" for o in ops), ops
+
+
+def test_bake_preprocessing_takes_uint8_pixels(fixture_dir, timm_fixture, held_out, tmp_path):
+    res = run("--quiet", "convert", fixture_dir, "--target", "onnx,tflite-fp16", "--out", tmp_path / "o",
+              "--bake-preprocessing", "--json")
+    assert res.exit_code == 0, res.output
+    pixels, _ = held_out
+    ref = timm_forward(timm_fixture, normalize(pixels[:32], PRE))
+    for entry in json.loads(res.stdout)["artifacts"]:
+        man = json.loads(Path(entry["manifest"]).read_text())
+        assert man["io"]["input"]["dtype"] == "uint8" and man["preprocessing"]["baked_into_model"]
+        assert agreement(run_artifact(entry, pixels[:32]), ref)["cosine_min"] >= 0.999
+
+
+def test_mediapipe_image_classifier_runs_the_baked_tflite_artifacts(fixture_dir, calib_npz, timm_fixture,
+                                                                     held_out, tmp_path):
+    """MediaPipe Tasks (the Android/iOS core) refuses per-channel normalization metadata
+    ("Per-channel image normalization is not available": measured), so the mobile artifacts are
+    the --bake-preprocessing ones: uint8 RGB in, ImageNet normalization inside."""
+    pytest.importorskip("mediapipe")
+    import mediapipe as mp
+    from mediapipe.tasks.python import vision
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+
+    res = run("--quiet", "convert", fixture_dir, "--target", "tflite-fp16,tflite-int8", "--bake-preprocessing",
+              "--calibration", calib_npz, "--out", tmp_path / "o", "--json")
+    assert res.exit_code == 0, res.output
+    pixels, _ = held_out
+    expected = timm_forward(timm_fixture, normalize(pixels[:20], PRE)).argmax(1)
+    for entry in json.loads(res.stdout)["artifacts"]:
+        opts = vision.ImageClassifierOptions(
+            base_options=BaseOptions(model_asset_path=str(Path(entry["path"]) / "model.tflite")), max_results=1)
+        with vision.ImageClassifier.create_from_options(opts) as clf:
+            names = [clf.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(p)))
+                     .classifications[0].categories[0].category_name for p in pixels[:20]]
+        agree = np.mean([n == CLASSES[e] for n, e in zip(names, expected, strict=True)])
+        assert agree >= 0.9, (entry["target"], names)
+
+
+def _nano_from_timm(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    model = seeded_timm_model("xcit_nano_12_p16_224", seed=5)
+    path = tmp_path_factory.mktemp("w") / "nano.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def nano(tmp_path_factory):
+    return _nano_from_timm(tmp_path_factory)
+
+
+def _check_all_targets(model_dir, timm_model, tmp_path, extra=()):
+    res = run("--quiet", "convert", model_dir, "--target", "all", "--out", tmp_path / "out", "--json", *extra)
+    assert res.exit_code == 0, res.output
+    x = images(4, 224, seed=7)
+    ref = timm_forward(timm_model, x)
+    got = {}
+    for entry in json.loads(res.stdout)["artifacts"]:
+        out = run_artifact(entry, x)
+        assert out.shape == ref.shape and np.isfinite(out).all()
+        got[entry["target"]] = agreement(out, ref)["cosine_min"]
+    assert got["onnx"] >= 0.9999 and got["openvino"] >= 0.9999 and got["tflite-fp16"] >= 0.999, got
+    return got
+
+
+def test_native_nano_converts_to_every_target(nano, tmp_path):
+    model, weights = nano
+    sm = tmp_path / "nano"
+    build("xcit_nano_12_p16_224", sm, weights=weights)
+    _check_all_targets(sm, model, tmp_path)
+
+
+def test_foreign_onnx2tf_nano_converts_to_every_target(nano, tmp_path):
+    model, _ = nano
+    sm = onnx2tf_saved_model(model, 224, tmp_path / "foreign")
+    from xcit_edge.inspection import inspect_model
+
+    assert inspect_model(sm).signatures[0].outputs[0].name != "output"  # really foreign: output_0, batch 1
+    _check_all_targets(sm, model, tmp_path)
+
+
+# --- bad input: one line, exit 2, nothing left behind ---------------------------------------------
+
+
+def test_missing_model(tmp_path):
+    line = one_line_error(run("convert", tmp_path / "nope", "--out", tmp_path / "o"))
+    assert "nope" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_corrupt_savedmodel(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "saved_model.pb").write_bytes(b"\x08\x01garbage" * 100)
+    assert "corrupt" in one_line_error(run("convert", bad, "--out", tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_non_xcit_savedmodel(tmp_path):
+    import tensorflow as tf
+
+    class Tiny(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(tf.random.stateless_normal([3, 3, 3, 8], seed=[1, 2]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 64, 64, 3], tf.float32)])
+        def serve(self, x):
+            return {"output": tf.reduce_mean(tf.nn.conv2d(x, self.w, 1, "SAME"), [1, 2])}
+
+    m = Tiny()
+    tf.saved_model.save(m, str(tmp_path / "tiny"), signatures={"serving_default": m.serve})
+    assert "not a recognised XCiT" in one_line_error(run("convert", tmp_path / "tiny", "--out", tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_target(fixture_dir, tmp_path):
+    assert "unknown target 'tflite-int3'" in one_line_error(
+        run("convert", fixture_dir, "--target", "tflite-int3", "--out", tmp_path / "o"))
+
+
+def test_calibration_without_usable_images(fixture_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no images" in one_line_error(
+        run("convert", fixture_dir, "--target", "tflite-int8", "--out", tmp_path / "o", "--calibration", empty))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"not a jpeg")
+    (broken / "b.png").write_bytes(b"")
+    assert "no usable images" in one_line_error(
+        run("convert", fixture_dir, "--target", "tflite-int8", "--out", tmp_path / "o", "--calibration", broken))
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_exists_without_force(fixture_dir, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert "--force" in one_line_error(run("convert", fixture_dir, "--target", "onnx", "--out", out))
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_disk_full_leaves_no_partial_artifact(fixture_dir, tiny_disk):
+    line = one_line_error(run("convert", fixture_dir, "--target", "onnx", "--out", tiny_disk / "o"))
+    assert "space" in line.lower()
+    assert list(tiny_disk.iterdir()) == []
