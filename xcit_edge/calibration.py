@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -116,12 +117,14 @@ def _resample(name: str):
 
 
 def resize_crop(img, pre: Preprocessing) -> np.ndarray:
-    """timm's eval transform: shorter side to size/crop_pct, then centre crop to size."""
+    """timm's eval transform, to the pixel: shorter side to floor(size/crop_pct) (the longer one
+    truncated in proportion, as torchvision's Resize), then a centre crop rounded as CenterCrop."""
     h, w = pre.size
-    scale = max(h, w) / pre.crop_pct / min(img.size)
-    new = (max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale)))
+    short = math.floor(max(h, w) / pre.crop_pct)
+    iw, ih = img.size
+    new = (short, int(short * ih / iw)) if iw <= ih else (int(short * iw / ih), short)
     img = img.convert("RGB").resize(new, _resample(pre.interpolation))
-    left, top = (new[0] - w) // 2, (new[1] - h) // 2
+    left, top = round((new[0] - w) / 2.0), round((new[1] - h) / 2.0)
     return np.asarray(img.crop((left, top, left + w, top + h)), dtype=np.uint8)
 
 

@@ -1,0 +1,136 @@
+"""Calibration data: every accepted layout, labels, skipped images, subsets, and clear refusals."""
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xcit_edge.calibration import (
+    decode_image,
+    imagenet_labels,
+    imagenet_synsets,
+    load_calibration,
+    normalize,
+    subset_definitions,
+)
+from xcit_edge.errors import UsageError
+from xcit_edge.preprocessing import Preprocessing, timm_default
+from xcit_edge.synthetic import CLASSES, make_images, write_folder
+
+PRE = timm_default(64)
+
+
+def test_imagenet_tables_ship_with_the_package():
+    labels, synsets = imagenet_labels(), imagenet_synsets()
+    assert len(labels) == len(synsets) == 1000
+    assert synsets[0] == "n01440764" and labels[0] == "tench" and labels[207] == "golden retriever"
+    subset = subset_definitions()["imagenet-val-1k"].read_text().splitlines()
+    rows = [r.split("\t") for r in subset if not r.startswith("#")]
+    assert len(rows) == 1000 and sorted(int(c) for _, c in rows) == list(range(1000))  # one image per class
+    assert len({f for f, _ in rows}) == 1000
+
+
+def test_shipped_sample_decodes_with_labels_for_the_fixture():
+    cal = load_calibration("sample", PRE, class_names=list(CLASSES))
+    assert cal.pixels.shape == (80, 64, 64, 3) and cal.pixels.dtype == np.uint8
+    assert sorted(set(cal.labels.tolist())) == list(range(10))
+
+
+def test_imagenet_style_folder_by_synset(tmp_path):
+    for i, synset in enumerate(imagenet_synsets()[:3]):
+        (tmp_path / synset).mkdir()
+        Image.fromarray(make_images(1, 80, seed=i)[0][0]).save(tmp_path / synset / f"{i}.JPEG")
+    cal = load_calibration(tmp_path, PRE, class_names=imagenet_labels())
+    assert cal.labels.tolist() == [0, 1, 2] and cal.pixels.shape == (3, 64, 64, 3)
+
+
+def test_plain_folder_with_labels_file_and_a_broken_image(tmp_path, caplog):
+    pix, labels = make_images(4, 64, seed=0)
+    for i, p in enumerate(pix):
+        Image.fromarray(p).save(tmp_path / f"img{i}.png")
+    (tmp_path / "zz_broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    lab = tmp_path.parent / "labels.txt"
+    lab.write_text("".join(f"img{i}.png {CLASSES[c]}\n" for i, c in enumerate(labels)) + "zz_broken.jpg 0\n")
+    with caplog.at_level(logging.WARNING):
+        cal = load_calibration(tmp_path, PRE, class_names=list(CLASSES), labels_file=lab)
+    assert len(cal) == 4 and cal.labels.tolist() == labels.tolist()
+    assert [n for n, _ in cal.skipped] == [str(tmp_path / "zz_broken.jpg")]
+    assert "skipped 1 unreadable image(s): zz_broken.jpg" in caplog.text
+    np.testing.assert_array_equal(cal.pixels, pix)  # same size: resize and crop are the identity
+
+
+def test_labels_file_that_does_not_match(tmp_path):
+    Image.fromarray(make_images(1, 64)[0][0]).save(tmp_path / "a.png")
+    lab = tmp_path.parent / "l.txt"
+    lab.write_text("b.png 3\n")
+    with pytest.raises(UsageError, match="no label for 1 images"):
+        load_calibration(tmp_path, PRE, labels_file=lab)
+
+
+def test_npz_uint8_and_float_arrays(tmp_path):
+    pix, labels = make_images(6, 96, seed=1)
+    np.savez(tmp_path / "u8.npz", images=pix, labels=labels)
+    cal = load_calibration(tmp_path / "u8.npz", PRE)
+    assert cal.pixels.shape == (6, 64, 64, 3) and cal.labels.tolist() == labels.tolist()
+    floats = normalize(make_images(3, 64)[0], PRE)
+    np.save(tmp_path / "f.npy", floats)
+    cal = load_calibration(tmp_path / "f.npy", PRE)
+    np.testing.assert_array_equal(cal.model_ready(PRE, baked=False), floats)
+    with pytest.raises(UsageError, match="cannot feed a model that takes uint8"):
+        cal.model_ready(PRE, baked=True)
+    np.save(tmp_path / "bad.npy", np.zeros((2, 32, 32, 3), np.float32))
+    with pytest.raises(UsageError, match="preprocessed NHWC"):
+        load_calibration(tmp_path / "bad.npy", PRE)
+    (tmp_path / "pickle.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(UsageError, match="unreadable array"):
+        load_calibration(tmp_path / "pickle.npy", PRE)
+
+
+def test_subset_definition_finds_files_anywhere_under_the_root(tmp_path, caplog):
+    rows = [r.split("\t") for r in subset_definitions()["imagenet-val-1k"].read_text().splitlines()
+            if not r.startswith("#")]
+    for name, cls in rows[:3]:
+        d = tmp_path / imagenet_synsets()[int(cls)]
+        d.mkdir()
+        Image.fromarray(make_images(1, 64)[0][0]).save(d / name, format="JPEG")
+    with caplog.at_level(logging.WARNING):
+        cal = load_calibration(f"imagenet-val-1k@{tmp_path}", PRE)
+    assert cal.labels.tolist() == [int(c) for _, c in rows[:3]]
+    assert "997 of 1000 subset images missing" in caplog.text
+
+
+def test_limit_spreads_over_classes(tmp_path):
+    write_folder(tmp_path, per_class=3, size=64, seed=0)
+    cal = load_calibration(tmp_path, PRE, class_names=list(CLASSES), limit=10)
+    assert len(cal) == 10 and len(set(cal.labels.tolist())) >= 9
+
+
+def test_resize_and_centre_crop_follow_timm(tmp_path):
+    """timm's eval transform: shorter side to size/crop_pct (bicubic), centre crop."""
+    pytest.importorskip("timm")
+    import torch
+    from timm.data import create_transform
+
+    img = Image.fromarray(make_images(1, 150, seed=4)[0][0]).resize((150, 100))
+    img.save(tmp_path / "x.png")
+    pre = Preprocessing(size=(64, 64), crop_pct=0.875)
+    ours = normalize(decode_image(tmp_path / "x.png", pre)[None], pre)[0]
+    tf = create_transform(64, interpolation="bicubic", crop_pct=0.875)
+    ref = tf(Image.open(tmp_path / "x.png").convert("RGB")).permute(1, 2, 0).numpy()
+    assert torch is not None
+    np.testing.assert_allclose(ours, ref, atol=1e-5)  # same PIL resize, same crop box
+
+
+def test_hostile_images_are_skipped_not_fatal(tmp_path):
+    Image.fromarray(make_images(1, 64)[0][0]).save(tmp_path / "ok.png")
+    Image.new("L", (9000, 9000)).save(tmp_path / "huge.png")  # 81 MP > the decompression-bomb cap
+    cal = load_calibration(tmp_path, PRE)
+    assert len(cal) == 1 and cal.skipped[0][0].endswith("huge.png")
+
+
+def test_nothing_found(tmp_path):
+    with pytest.raises(UsageError, match="calibration data not found"):
+        load_calibration(tmp_path / "missing", PRE)
+    with pytest.raises(UsageError, match="no images found"):
+        load_calibration(tmp_path, PRE)
