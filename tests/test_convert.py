@@ -187,7 +187,9 @@ def nano(tmp_path_factory):
 
 
 def _check_all_targets(model_dir, timm_model, tmp_path, extra=()):
-    res = run("--quiet", "convert", model_dir, "--target", "all", "--out", tmp_path / "out", "--json", *extra)
+    # int8 accuracy is the fixture's test; here 8 calibration images keep the nano runs short
+    res = run("--quiet", "convert", model_dir, "--target", "all", "--out", tmp_path / "out", "--json",
+              "--calibration-images", 8, *extra)
     assert res.exit_code == 0, res.output
     x = images(4, 224, seed=7)
     ref = timm_forward(timm_model, x)

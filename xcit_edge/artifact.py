@@ -16,7 +16,7 @@ from pathlib import Path
 
 from xcit_edge import __version__
 from xcit_edge.errors import UsageError
-from xcit_edge.fsutil import sha256_file
+from xcit_edge.fsutil import read_json_document, sha256_file
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "xcit-edge.artifact/1"
@@ -50,12 +50,4 @@ def read_manifest(artifact_dir: Path) -> dict:
     path = Path(artifact_dir) / MANIFEST
     if not path.is_file():
         raise UsageError(f"{artifact_dir}: not an xcit-edge artifact (no {MANIFEST})")
-    if path.stat().st_size > 4 << 20:
-        raise UsageError(f"{path}: manifest larger than 4 MiB")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path}: unreadable manifest ({e})") from e
-    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
-        raise UsageError(f"{path}: not a manifest of format {MANIFEST_FORMAT}")
-    return doc
+    return read_json_document(path, MANIFEST_FORMAT, "an xcit-edge manifest", 4 << 20)

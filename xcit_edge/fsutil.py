@@ -112,3 +112,18 @@ def sha256_tree(root: Path) -> str:
         h.update(p.relative_to(root).as_posix().encode() + b"\0")
         h.update(bytes.fromhex(sha256_file(p)))
     return h.hexdigest()
+
+
+def read_json_document(path: Path, fmt: str, what: str, max_bytes: int) -> dict:
+    """A JSON object of our format `fmt` from untrusted `path`: size-capped, one-line errors."""
+    import json
+
+    if path.stat().st_size > max_bytes:
+        raise UsageError(f"{path}: {what} larger than {max_bytes} bytes")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path}: unreadable {what} ({e})") from e
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise UsageError(f"{path}: not {what} of format {fmt}")
+    return doc

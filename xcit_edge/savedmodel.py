@@ -18,7 +18,7 @@ from pathlib import Path
 
 from xcit_edge import __version__
 from xcit_edge.errors import UsageError
-from xcit_edge.fsutil import atomic_dir
+from xcit_edge.fsutil import atomic_dir, read_json_document
 from xcit_edge.preprocessing import Preprocessing, timm_default
 from xcit_edge.zoo import XCiTConfig
 
@@ -115,15 +115,7 @@ def read_metadata(saved_model_dir: Path) -> dict | None:
     path = Path(saved_model_dir) / "assets" / METADATA_ASSET
     if not path.is_file():
         return None
-    if path.stat().st_size > MAX_METADATA_BYTES:
-        raise UsageError(f"{path}: metadata larger than {MAX_METADATA_BYTES} bytes")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path}: unreadable xcit-edge metadata ({e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != METADATA_FORMAT:
-        raise UsageError(f"{path}: not xcit-edge metadata of format {METADATA_FORMAT}")
-    return meta
+    return read_json_document(path, METADATA_FORMAT, "xcit-edge metadata", MAX_METADATA_BYTES)
 
 
 def preprocessing_of(saved_model_dir: Path, img_size: int | None = None) -> tuple[Preprocessing, str]:

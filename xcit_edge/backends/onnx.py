@@ -33,7 +33,17 @@ def _rename_io(model, old_in: str, old_out: str) -> None:
 
 
 def to_onnx(graph, opset: int):
-    """The prepared graph as a checked ONNX ModelProto (float32)."""
+    """The prepared graph as a checked ONNX ModelProto (float32), converted once per graph and opset
+    (onnx and onnx-int8 start from the same model)."""
+    import onnx
+
+    key = ("onnx", opset)
+    if key not in graph.cache:
+        graph.cache[key] = _tf2onnx(graph, opset).SerializeToString()
+    return onnx.load_from_string(graph.cache[key])
+
+
+def _tf2onnx(graph, opset: int):
     import onnx
     from tf2onnx import convert as tf2onnx_convert
 

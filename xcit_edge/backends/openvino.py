@@ -8,6 +8,8 @@ post-training quantized with NNCF (`nncf.quantize`, transformer model type).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 
@@ -19,11 +21,13 @@ from xcit_edge.errors import XcitEdgeError
 log = logging.getLogger(__name__)
 
 
-def to_openvino(graph):
+def to_openvino(graph, batch: int | None = None):
+    """The IR of the prepared graph; `batch` fixes the batch size (static shapes)."""
     import openvino as ov
 
+    graph_def = graph.graph_def if batch is None else graph.fixed_batch(batch).graph.as_graph_def()
     try:
-        model = ov.convert_model(graph.graph_def)
+        model = ov.convert_model(graph_def)
     except Exception as e:  # OpConversionFailure and friends carry multi-page messages
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise XcitEdgeError(f"OpenVINO conversion failed: {first[:300]}") from e
@@ -38,20 +42,40 @@ def _nncf_quantize(model, calib: np.ndarray, spec):
     keep = list(spec.quantization.get("keep_float", []))
     ignored = nncf.IgnoredScope(types=keep) if keep else None
     kwargs = {"ignored_scope": ignored} if ignored else {}
-    return nncf.quantize(model, nncf.Dataset(list(calib[:, None])), model_type=nncf.ModelType.TRANSFORMER,
-                         subset_size=len(calib), **kwargs)
+    # NNCF draws its own progress bars on stdout, which belongs to --json: keep them off it.
+    with contextlib.redirect_stdout(io.StringIO()) as captured:
+        quantized = nncf.quantize(model, nncf.Dataset(list(calib[:, None])), model_type=nncf.ModelType.TRANSFORMER,
+                                  subset_size=len(calib), **kwargs)
+    log.debug("nncf: %s", captured.getvalue())
+    return quantized
+
+
+def float_compute_ops(model) -> list[str]:
+    """MatMul/convolution ops whose activation input has no FakeQuantize: they compute in float."""
+    counts: dict[str, int] = {}
+    for op in model.get_ops():
+        kind = op.get_type_name()
+        if kind not in ("MatMul", "Convolution", "GroupConvolution"):
+            continue
+        producers = {op.input_value(i).get_node().get_type_name() for i in range(op.get_input_size())}
+        if "FakeQuantize" not in producers:
+            counts[kind] = counts.get(kind, 0) + 1
+    return [f"{k} x{v}" for k, v in sorted(counts.items())]
 
 
 def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     import openvino as ov
 
-    model = to_openvino(graph)
+    # int8 IRs get a static batch of 1: with a dynamic batch the CPU plugin's low-precision
+    # transformations fail on the class-attention reshape (ReshapeTransformation, OpenVINO 2026.4:
+    # measured on nano).
+    model = to_openvino(graph, batch=1 if spec.mode == "nncf" else None)
     kept: list[str] = []
     if spec.mode == "nncf":
         if calib is None or not len(calib):
             raise XcitEdgeError(f"{spec.name} needs calibration data (--calibration)")
         model = _nncf_quantize(model, calib, spec)
-        kept = list(spec.quantization.get("keep_float", []))
+        kept = float_compute_ops(model)
     xml = workdir / spec.file
     ov.save_model(model, str(xml), compress_to_fp16=False)
     ops = sorted({op.get_type_name() for op in model.get_ops()})

@@ -51,6 +51,7 @@ class PreparedGraph:
     output_key: str
     rewrites: dict[str, int] = field(default_factory=dict)
     factory: object = None  # batch -> frozen ConcreteFunction with that fixed batch size
+    cache: dict = field(default_factory=dict)  # per-graph results backends share (e.g. the fp32 ONNX)
 
     def fixed_batch(self, batch: int = 1):
         """The same function traced for a fixed batch: static shapes let converters fold shape math."""
