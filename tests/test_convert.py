@@ -283,3 +283,49 @@ def test_disk_full_leaves_no_partial_artifact(fixture_dir, tiny_disk):
     line = one_line_error(run("convert", fixture_dir, "--target", "onnx", "--out", tiny_disk / "o"))
     assert "space" in line.lower()
     assert list(tiny_disk.iterdir()) == []
+
+
+def test_nchw_tf_module_with_other_output_key(timm_fixture, held_out, calib_npz, tmp_path):
+    """An onnx-tf style export: channels-first input, a plain tf.Module, output key `logits`."""
+    import tensorflow as tf
+
+    from xcit_edge.build import build_keras
+
+    model, _ = build_keras(FIXTURE.name, FIXTURE_WEIGHTS)
+
+    class Nchw(tf.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3, 64, 64], tf.float32, name="pixels")])
+        def serve(self, pixels):
+            return {"logits": self.inner(tf.transpose(pixels, [0, 2, 3, 1]))}
+
+    wrapper = Nchw(model)
+    tf.saved_model.save(wrapper, str(tmp_path / "nchw"), signatures={"serving_default": wrapper.serve})
+    res = run("--quiet", "convert", tmp_path / "nchw", "--target", "onnx,openvino,tflite-fp16,tflite-int8",
+              "--calibration", calib_npz, "--out", tmp_path / "o", "--json")
+    assert res.exit_code == 0, res.output
+    pixels, labels = held_out
+    x = normalize(pixels[:64], PRE)
+    ref = timm_forward(timm_fixture, x)
+    for entry in json.loads(res.stdout)["artifacts"]:
+        man = json.loads(Path(entry["manifest"]).read_text())
+        assert man["io"]["input"]["layout"] == "NCHW" and man["source"]["output_key"] == "logits"
+        out = run_artifact(entry, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        m = agreement(out, ref, labels[:64])
+        assert m["top1_drop"] <= all_targets()[entry["target"]].tolerances["max_top1_drop"], (entry["target"], m)
+        if entry["target"] != "tflite-int8":
+            assert m["cosine_min"] >= 0.999, (entry["target"], m)
+
+
+def test_force_replaces_only_the_converted_targets(fixture_dir, tmp_path):
+    out = tmp_path / "o"
+    assert run("--quiet", "convert", fixture_dir, "--target", "onnx", "--out", out).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    first = (out / "onnx" / "manifest.json").read_text()
+    assert run("--quiet", "convert", fixture_dir, "--target", "onnx", "--out", out, "--force").exit_code == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "onnx" / "manifest.json").read_text())["created"] >= json.loads(first)["created"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "onnx"]  # no temp leftovers
