@@ -52,7 +52,9 @@ def main() -> None:
             proc = subprocess.run(wrapper, capture_output=True, text=True, check=False)
             seconds = time.perf_counter() - t0
             if proc.returncode:
-                raise SystemExit(f"{target} failed:\n{proc.stderr[-2000:]}")
+                err = [ln for ln in proc.stderr.splitlines() if ln.startswith(("error:", "internal error:"))]
+                print(f"{model:24s} {target:14s} FAILED: {(err or ['?'])[-1][:150]}", flush=True)
+                continue
             peak = int(proc.stderr.strip().splitlines()[-1]) / 1024
             entry = json.loads(proc.stdout)["artifacts"][0]
             size = sum(f["bytes"] for f in json.loads(Path(entry["manifest"]).read_text())["artifact"]["files"])

@@ -3,7 +3,8 @@
 Builds the trained fixture (tests/fixtures), converts it to full-integer TFLite under several
 `keep_float` policies, and reports for each: whether stock LiteRT (with its default XNNPACK
 delegate) runs it, accuracy on 500 held-out synthetic images, top-1 agreement and cosine
-against the float32 source, and model size.
+against the float32 source, and model size; then the onnx-int8 and openvino-int8 targets on the
+same model and data, for comparison.
 
     python benchmarks/int8_policy.py [--images 500] [--calib 200]
 """
@@ -58,7 +59,7 @@ def main() -> None:
     ap.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset of the policy names")
     args = ap.parse_args()
     import_tensorflow_quietly()
-    from xcit_edge.backends import tflite
+    from xcit_edge.backends import backend, tflite
     from xcit_edge.build import build
     from xcit_edge.calibration import normalize
     from xcit_edge.graph import prepare
@@ -88,8 +89,21 @@ def main() -> None:
             print(f"{name:40s} {runs:>13s}  (does not run: {tflite.float_ops(d / spec.file)} in float)", flush=True)
             continue
         m = agreement(out, ref, labels)
-        print(f"{name:40s} {runs:>13s} {m['accuracy']:7.4f} {m['top1_drop']:6.2f} {m['top1_agreement']:7.4f} "
-              f"{m['cosine_mean']:8.5f} {kb:6.0f}", flush=True)
+        _row(name, runs, m, kb)
+    # The other int8 targets on the same model and data, for comparison.
+    for target in ("onnx-int8", "openvino-int8"):
+        spec = all_targets()[target]
+        mod = backend(spec.backend)
+        d = tmp / target
+        d.mkdir()
+        conv = mod.convert(graph, spec, calib, d)
+        m = agreement(mod.run(mod.load(d / spec.file, spec), x), ref, labels)
+        _row(f"target {target}", "n/a", m, sum((d / f).stat().st_size for f in conv.files) / 1024)
+
+
+def _row(name: str, runs: str, m: dict, kb: float) -> None:
+    print(f"{name:40s} {runs:>13s} {m['accuracy']:7.4f} {m['top1_drop']:6.2f} {m['top1_agreement']:7.4f} "
+          f"{m['cosine_mean']:8.5f} {kb:6.0f}", flush=True)
 
 
 if __name__ == "__main__":

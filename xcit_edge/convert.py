@@ -92,8 +92,13 @@ def _calibration(graph: PreparedGraph, targets: list[TargetSpec], opts: ConvertO
 
 def _check(spec: TargetSpec, mod, workdir: Path, conv_files: list[str], inputs: np.ndarray,
            ref: np.ndarray, labels: np.ndarray | None) -> dict:
-    session = mod.load(workdir / conv_files[0], spec)
-    res = agreement(mod.run(session, inputs), ref, labels)
+    try:
+        out = mod.run(mod.load(workdir / conv_files[0], spec), inputs)
+    except Exception as e:  # runtimes refuse models with their own exception types (ORT: no RuntimeError)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactCheckError(f"{spec.name}: the converted model does not run in {spec.backend}'s runtime "
+                                 f"({first[:300]})") from e
+    res = agreement(out, ref, labels)
     res["failures"] = failures(res, spec.tolerances)
     return res
 
