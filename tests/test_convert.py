@@ -329,3 +329,18 @@ def test_force_replaces_only_the_converted_targets(fixture_dir, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
     assert json.loads((out / "onnx" / "manifest.json").read_text())["created"] >= json.loads(first)["created"]
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "onnx"]  # no temp leftovers
+
+
+def test_a_failing_target_does_not_stop_the_others(fixture_dir, tmp_path, monkeypatch):
+    from xcit_edge.backends import onnx as onnx_backend
+    from xcit_edge.errors import ConversionError
+
+    def refuse(*args, **kwargs):
+        raise ConversionError("tf2onnx produced an invalid ONNX model: simulated")
+
+    monkeypatch.setattr(onnx_backend, "convert", refuse)
+    res = run("--quiet", "convert", fixture_dir, "--target", "onnx,tflite-fp16", "--out", tmp_path / "o", "--json")
+    assert res.exit_code == 1, res.output
+    by_target = {a["target"]: a for a in json.loads(res.stdout)["artifacts"]}
+    assert "simulated" in by_target["onnx"]["error"] and not (tmp_path / "o" / "onnx").exists()
+    assert (tmp_path / "o" / "tflite-fp16" / "manifest.json").is_file()

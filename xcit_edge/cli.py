@@ -217,10 +217,20 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
     progress = _ConvertProgress(ctx.obj.get("quiet", False), [s.name for s in specs])
     with progress.bar:
         results = run_convert(model, specs, out, opts, progress=progress)
+    failed = [r for r in results if r.error]
     if as_json:
         click.echo(json.dumps({"artifacts": [r.to_dict() for r in results]}, indent=2))
-        return
+    else:
+        _print_convert_summary(results)
+    if failed:
+        ctx.exit(1)
+
+
+def _print_convert_summary(results) -> None:
     for r in results:
+        if r.error:
+            click.echo(f"{r.target:14s} FAILED: {r.error}")
+            continue
         c = r.manifest["check"]
         size = sum(f["bytes"] for f in r.manifest["artifact"]["files"])
         verdict = "ok" if not c["failures"] else "CHECK: " + "; ".join(c["failures"])

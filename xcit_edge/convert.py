@@ -23,7 +23,7 @@ import numpy as np
 from xcit_edge.artifact import LABELS_FILE, file_entries, library_versions, write_manifest
 from xcit_edge.backends import backend
 from xcit_edge.calibration import CalibrationSet, load_calibration
-from xcit_edge.errors import UsageError, XcitEdgeError
+from xcit_edge.errors import ConversionError, UsageError, XcitEdgeError
 from xcit_edge.fsutil import atomic_dir, check_output_dir, sha256_tree
 from xcit_edge.graph import PreparedGraph, prepare
 from xcit_edge.metrics import agreement, failures
@@ -41,10 +41,8 @@ MIN_FREE_BYTES = 1 << 20
 Progress = Callable[[str, int, int], None]
 
 
-class ArtifactCheckError(XcitEdgeError):
-    """A float artifact that does not reproduce its source: a conversion bug, not bad input."""
-
-    exit_code = 1
+class ArtifactCheckError(ConversionError):
+    """An artifact that does not run, or a float one that does not reproduce its source."""
 
 
 @dataclass
@@ -64,11 +62,16 @@ class ConvertOptions:
 
 @dataclass
 class ArtifactResult:
+    """A written artifact, or (`error` set, nothing written) a target that failed."""
+
     target: str
     path: Path
     manifest: dict
+    error: str | None = None
 
     def to_dict(self) -> dict:
+        if self.error:
+            return {"target": self.target, "error": self.error}
         return {"target": self.target, "path": str(self.path), "manifest": str(self.path / "manifest.json"),
                 "files": self.manifest["artifact"]["files"], "check": self.manifest["check"],
                 "kept_float": self.manifest["kept_float"], "seconds": self.manifest["conversion_seconds"]}
@@ -172,7 +175,11 @@ def _labels(cal: CalibrationSet) -> np.ndarray | None:
 
 def convert(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptions | None = None,
             progress: Progress | None = None) -> list[ArtifactResult]:
-    """Convert MODEL to every target under `out`; returns one result per target, in order."""
+    """Convert MODEL to every target under `out`; returns one result per target, in order.
+
+    A target that fails to convert or to run is reported in its result (`error`) and the
+    others go on; bad input and a full disk stop everything.
+    """
     opts = opts or ConvertOptions()
     out = Path(out)
     if not targets:
@@ -193,7 +200,11 @@ def convert(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptio
         if progress:
             progress("target", i, len(targets))
         log.info("converting to %s", spec.name)
-        results.append(_convert_one(spec, graph, cal, calib_inputs, ref, source_info, out, opts))
+        try:
+            results.append(_convert_one(spec, graph, cal, calib_inputs, ref, source_info, out, opts))
+        except ConversionError as e:  # this target failed; the others may not
+            log.error("%s", e)
+            results.append(ArtifactResult(spec.name, out / spec.name, {}, error=str(e)))
     if progress:
         progress("target", len(targets), len(targets))
     return results

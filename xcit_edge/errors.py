@@ -13,3 +13,9 @@ class UsageError(XcitEdgeError):
     """Bad input: unknown name, missing file, wrong architecture, occupied output."""
 
     exit_code = 2
+
+
+class ConversionError(XcitEdgeError):
+    """One target could not be produced or does not run: the others still can (exit 1)."""
+
+    exit_code = 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from xcit_edge.backends import Conversion
-from xcit_edge.errors import XcitEdgeError
+from xcit_edge.errors import ConversionError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _tf2onnx(graph, opset: int):
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
-        raise XcitEdgeError(f"tf2onnx produced an invalid ONNX model: {str(e).splitlines()[0]}") from e
+        raise ConversionError(f"tf2onnx produced an invalid ONNX model: {str(e).splitlines()[0]}") from e
     return model
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from xcit_edge.backends import Conversion
-from xcit_edge.errors import XcitEdgeError
+from xcit_edge.errors import ConversionError, XcitEdgeError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def to_openvino(graph, batch: int | None = None):
         model = ov.convert_model(graph_def)
     except Exception as e:  # OpConversionFailure and friends carry multi-page messages
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise XcitEdgeError(f"OpenVINO conversion failed: {first[:300]}") from e
+        raise ConversionError(f"OpenVINO conversion failed: {first[:300]}") from e
     model.inputs[0].get_tensor().set_names({"input"})
     model.outputs[0].get_tensor().set_names({"output"})
     return model

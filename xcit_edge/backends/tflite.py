@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from xcit_edge.backends import Conversion
-from xcit_edge.errors import XcitEdgeError
+from xcit_edge.errors import ConversionError, XcitEdgeError
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +90,13 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
         data = _quantize_selectively(conv, calib, keep) if keep and spec.quantized else conv.convert()
     except Exception as e:  # the converter raises ConverterError/RuntimeError/ValueError with MLIR dumps
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise XcitEdgeError(f"TFLite conversion failed for {spec.name}: {first[:300]}") from e
+        raise ConversionError(f"TFLite conversion failed for {spec.name}: {first[:300]}") from e
     out = workdir / spec.file
     out.write_bytes(data)
     ops = op_types(out)
     flex = [o for o in ops if o.startswith("Flex") or o == "CUSTOM"]
     if flex:
-        raise XcitEdgeError(f"{spec.name}: converted model needs non-builtin ops {flex}; stock LiteRT cannot run it")
+        raise ConversionError(f"{spec.name}: converted model needs non-builtin ops {flex}; stock LiteRT cannot run it")
     kept = float_ops(out) if spec.quantized else []
     xnnpack = runs_with_xnnpack(out)
     if not xnnpack:
