@@ -1,7 +1,8 @@
 """The `xcit-edge` command line: parse, call the library, print. No logic lives here.
 
-Exit codes: 0 success, 2 bad input or usage (one line on stderr, no traceback),
-70 internal error (rerun with --debug for the traceback), 130 interrupted.
+Exit codes: 0 success, 1 some target failed to convert or to run, 2 bad input or usage (one
+line on stderr, no traceback), 70 internal error (rerun with --debug for the traceback),
+130 interrupted.
 """
 
 from __future__ import annotations
