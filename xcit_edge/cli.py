@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -48,8 +49,10 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     if quiet:
         level = logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("tensorflow", "absl", "h5py"):
+    for noisy in ("tensorflow", "absl", "h5py", "tf2onnx", "nncf"):
         logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
+    if not verbose:  # converter deprecation chatter, not the user's business (-v shows it)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(tensorflow|tf2onnx|onnxruntime|nncf)\b")
 
 
 def _status(ctx: click.Context, message: str):
