@@ -178,7 +178,8 @@ def _read_labels_file(path: Path, files: list[Path], class_names: list[str] | No
     return np.array(idx, np.int64)
 
 
-def _folder_files(root: Path, class_names: list[str] | None) -> tuple[list[Path], list[int | None]]:
+def _folder_files(root: Path, class_names: list[str] | None,
+                  shipped: bool = False) -> tuple[list[Path], list[int | None]]:
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     direct = sorted(p for p in root.iterdir() if _is_image(p))
     if subdirs and not direct:
@@ -189,7 +190,9 @@ def _folder_files(root: Path, class_names: list[str] | None) -> tuple[list[Path]
                 files.append(p)
                 labels.append(cls)
         if any(lab is None for lab in labels):
-            log.warning("%s: class folders do not map to the model's classes; labels ignored", root)
+            # the shipped sample's synthetic classes only map to the fixture: no news for other models
+            (log.info if shipped else log.warning)("%s: class folders do not map to the model's classes; "
+                                                   "labels ignored", root)
             labels = [None] * len(files)
         return files, labels
     files = sorted(q for q in root.rglob("*") if _is_image(q))
@@ -279,7 +282,7 @@ def load_calibration(data: str | os.PathLike, pre: Preprocessing, *, class_names
     text = str(data)
     subsets = subset_definitions()
     if text == "sample":
-        files, labels = _folder_files(data_dir("calibration") / "sample", class_names)
+        files, labels = _folder_files(data_dir("calibration") / "sample", class_names, shipped=True)
         source = "shipped sample"
     elif "@" in text and text.split("@", 1)[0] in subsets:
         name, root = text.split("@", 1)
