@@ -116,6 +116,8 @@ def test_manifest_describes_the_artifact(fixture_artifacts, fixture_dir):
         assert {"tensorflow", "onnx", "openvino"} <= set(man["libraries"]) | {"tensorflow"}
     int8 = json.loads((Path(fixture_artifacts["tflite-int8"]["path"]) / "manifest.json").read_text())
     assert any(k.startswith("DIV") for k in int8["kept_float"]) and int8["calibration"]["images"] == 200
+    qdq = json.loads((Path(fixture_artifacts["onnx-int8"]["path"]) / "manifest.json").read_text())
+    assert any(k.startswith("Sqrt") for k in qdq["kept_float"])  # read back from the QDQ graph
 
 
 def test_onnx_is_valid_opset_17(fixture_artifacts):

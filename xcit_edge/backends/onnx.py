@@ -70,15 +70,28 @@ class _Reader:
         return None if item is None else {"input": item[None]}
 
 
-def _quantize_qdq(src: Path, dst: Path, calib: np.ndarray, spec) -> list[str]:
+def float_nodes(model) -> list[str]:
+    """Op types (with counts) computing in float: in QDQ form a node runs in int8 only when a
+    DequantizeLinear feeds it and a QuantizeLinear takes its output (ONNX Runtime fuses that)."""
+    dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    q_inputs = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
+            continue
+        if not (dq_outputs & set(n.input) and q_inputs & set(n.output)):
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return [f"{k} x{v}" for k, v in sorted(counts.items())]
+
+
+def _quantize_qdq(src: Path, dst: Path, calib: np.ndarray, spec) -> None:
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     keep = set(spec.quantization.get("keep_float", []))
     pre = src.with_name("pre.onnx")
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    import onnx
-
     op_types = sorted({n.op_type for n in onnx.load(str(pre)).graph.node} - keep)
     quantize_static(
         str(pre), str(dst), _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -86,7 +99,6 @@ def _quantize_qdq(src: Path, dst: Path, calib: np.ndarray, spec) -> list[str]:
         calibrate_method=CalibrationMethod.MinMax,
     )
     pre.unlink()
-    return sorted(keep)
 
 
 def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
@@ -98,8 +110,9 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     if spec.mode == "qdq-static":
         fp32 = workdir / "fp32.onnx"
         onnx.save(model, str(fp32))
-        kept = _quantize_qdq(fp32, out, calib, spec)
+        _quantize_qdq(fp32, out, calib, spec)
         fp32.unlink()
+        kept = float_nodes(onnx.load(str(out)))
     else:
         onnx.save(model, str(out))
     saved = onnx.load(str(out))
