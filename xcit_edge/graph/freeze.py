@@ -59,10 +59,6 @@ class PreparedGraph:
             return self.fn
         return self.factory(batch)
 
-    @property
-    def ops(self) -> dict[str, int]:
-        return op_counts(self.graph_def)
-
     def io_spec(self) -> dict:
         return {
             "input": {"name": "input", "dtype": self.input_dtype, "shape": _json_shape(self.input_shape),
