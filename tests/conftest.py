@@ -91,3 +91,21 @@ def onnx2tf_saved_model(model, size: int, workdir):
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"})
     assert (out / "saved_model.pb").is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def nano(tmp_path_factory):
+    """A seeded timm nano (p16, 224) and its weights as safetensors."""
+    pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    model = seeded_timm_model("xcit_nano_12_p16_224", seed=5)
+    path = tmp_path_factory.mktemp("w") / "nano.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return model, path
+
+
+@pytest.fixture(scope="session")
+def foreign_nano(nano, tmp_path_factory):
+    """The same nano as users get it from others: timm -> torch.onnx -> onnx2tf SavedModel."""
+    return onnx2tf_saved_model(nano[0], 224, tmp_path_factory.mktemp("foreign"))

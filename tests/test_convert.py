@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import images, one_line_error, onnx2tf_saved_model, run, seeded_timm_model, timm_forward
+from conftest import images, one_line_error, run, timm_forward
 
 from xcit_edge.backends import backend
 from xcit_edge.build import build
@@ -174,20 +174,6 @@ def test_mediapipe_image_classifier_runs_the_baked_tflite_artifacts(fixture_dir,
         assert agree >= 0.9, (entry["target"], names)
 
 
-def _nano_from_timm(tmp_path_factory):
-    from safetensors.torch import save_file
-
-    model = seeded_timm_model("xcit_nano_12_p16_224", seed=5)
-    path = tmp_path_factory.mktemp("w") / "nano.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
-    return model, path
-
-
-@pytest.fixture(scope="module")
-def nano(tmp_path_factory):
-    return _nano_from_timm(tmp_path_factory)
-
-
 def _check_all_targets(model_dir, timm_model, tmp_path, extra=()):
     # The four mobile/edge targets; int8 accuracy (and onnx-int8, openvino-int8) is the fixture's test,
     # so 8 calibration images keep the nano runs short.
@@ -198,6 +184,7 @@ def _check_all_targets(model_dir, timm_model, tmp_path, extra=()):
     ref = timm_forward(timm_model, x)
     got = {}
     for entry in json.loads(res.stdout)["artifacts"]:
+        assert entry["xca_fused"] == 12, entry  # every block of nano, in every artifact
         out = run_artifact(entry, x)
         assert out.shape == ref.shape and np.isfinite(out).all()
         got[entry["target"]] = agreement(out, ref)["cosine_min"]
@@ -212,13 +199,11 @@ def test_native_nano_converts_to_every_target(nano, tmp_path):
     _check_all_targets(sm, model, tmp_path)
 
 
-def test_foreign_onnx2tf_nano_converts_to_every_target(nano, tmp_path):
-    model, _ = nano
-    sm = onnx2tf_saved_model(model, 224, tmp_path / "foreign")
+def test_foreign_onnx2tf_nano_converts_to_every_target(nano, foreign_nano, tmp_path):
     from xcit_edge.inspection import inspect_model
 
-    assert inspect_model(sm).signatures[0].outputs[0].name != "output"  # really foreign: output_0, batch 1
-    _check_all_targets(sm, model, tmp_path)
+    assert inspect_model(foreign_nano).signatures[0].outputs[0].name != "output"  # really foreign: batch 1
+    _check_all_targets(foreign_nano, nano[0], tmp_path)
 
 
 # --- bad input: one line, exit 2, nothing left behind ---------------------------------------------

@@ -199,12 +199,16 @@ class _ConvertProgress:
 @click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint, when MODEL is an architecture name.")
 @click.option("--allow-unknown-model", is_flag=True, help="Convert a model not recognised as XCiT.")
 @click.option("--no-tflite-metadata", is_flag=True, help="Do not embed TFLite metadata (MediaPipe needs it).")
+@click.option("--no-fuse", is_flag=True, help="Keep XCA as the source wrote it (no fused attention).")
+@click.option("--allow-partial-fusion", is_flag=True, help="Accept fewer fused XCA blocks than the model's depth.")
+@click.option("--inline-functions", is_flag=True, help="ONNX: expand the XCA functions (for readers without "
+              "model-local function support, e.g. OpenVINO's ONNX frontend).")
 @click.option("--force", is_flag=True, help="Replace artifacts in a non-empty --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print {\"artifacts\": [...]} as JSON on stdout.")
 @click.pass_context
 def convert(ctx, model, target, out, calibration, labels_file, calibration_images, bake_preprocessing, signature,
             output_key, input_size, mean, std, interpolation, crop_pct, weights, allow_unknown_model,
-            no_tflite_metadata, force, as_json):
+            no_tflite_metadata, no_fuse, allow_partial_fusion, inline_functions, force, as_json):
     """Convert MODEL (SavedModel dir, archive, hub handle or arch name) to TFLite, ONNX and OpenVINO."""
     from xcit_edge.convert import ConvertOptions
     from xcit_edge.convert import convert as run_convert
@@ -216,7 +220,8 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
         signature=signature, output_key=output_key,
         preprocessing=_preprocessing_override(input_size, mean, std, interpolation, crop_pct),
         bake_preprocessing=bake_preprocessing, allow_unknown_model=allow_unknown_model, weights=weights,
-        force=force, write_tflite_metadata=not no_tflite_metadata,
+        force=force, write_tflite_metadata=not no_tflite_metadata, fuse=not no_fuse,
+        allow_partial_fusion=allow_partial_fusion, inline_functions=inline_functions,
     )
     progress = _ConvertProgress(ctx.obj.get("quiet", False), [s.name for s in specs])
     with progress.bar:
@@ -238,7 +243,9 @@ def _print_convert_summary(results) -> None:
         c = r.manifest["check"]
         size = sum(f["bytes"] for f in r.manifest["artifact"]["files"])
         verdict = "ok" if not c["failures"] else "CHECK: " + "; ".join(c["failures"])
-        click.echo(f"{r.target:14s} {r.path}  {size / 1e6:7.2f} MB  cosine {c['cosine_mean']:.6f}  "
+        x = r.manifest["xca"]
+        fused = f"XCA fused {x['in_artifact']}/{x['expected']}" if x["enabled"] else "XCA not fused"
+        click.echo(f"{r.target:14s} {r.path}  {size / 1e6:7.2f} MB  {fused}  cosine {c['cosine_mean']:.6f}  "
                    f"top-1 agreement {c['top1_agreement']:.3f} ({c['images']} images)  {verdict}")
 
 

@@ -15,7 +15,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,9 @@ class ConvertOptions:
     weights: Path | None = None
     force: bool = False
     write_tflite_metadata: bool = True
+    fuse: bool = True
+    allow_partial_fusion: bool = False
+    inline_functions: bool = False
 
 
 @dataclass
@@ -74,7 +77,8 @@ class ArtifactResult:
             return {"target": self.target, "error": self.error}
         return {"target": self.target, "path": str(self.path), "manifest": str(self.path / "manifest.json"),
                 "files": self.manifest["artifact"]["files"], "check": self.manifest["check"],
-                "kept_float": self.manifest["kept_float"], "seconds": self.manifest["conversion_seconds"]}
+                "kept_float": self.manifest["kept_float"], "seconds": self.manifest["conversion_seconds"],
+                "xca_fused": self.manifest["xca"]["in_artifact"]}
 
 
 def _calibration(graph: PreparedGraph, targets: list[TargetSpec], opts: ConvertOptions,
@@ -141,6 +145,7 @@ def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, ca
             if shutil.disk_usage(tmp).free < MIN_FREE_BYTES:
                 raise XcitEdgeError(f"cannot write {dest}: no space left on device") from e
             raise
+        xca = _xca_in_artifact(spec, graph, conv.details, opts)
         if check["failures"] and not spec.quantized:
             why = "; ".join(check["failures"])
             raise ArtifactCheckError(f"{spec.name}: artifact does not match the source ({why})")
@@ -160,6 +165,7 @@ def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, ca
             "conversion_seconds": round(seconds, 2),
             "kept_float": conv.kept_float,
             "rewrites": graph.rewrites,
+            "xca": xca,
             "backend_details": conv.details,
             "calibration": {"source": cal.source, "images": len(calib_inputs), "digest": cal.digest,
                             "skipped": len(cal.skipped)} if spec.quantized else None,
@@ -167,6 +173,23 @@ def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, ca
         }
         write_manifest(tmp, manifest)
     return ArtifactResult(spec.name, dest, manifest)
+
+
+def _xca_in_artifact(spec: TargetSpec, graph: PreparedGraph, details: dict, opts: ConvertOptions) -> dict:
+    """The fused XCA blocks the artifact really contains (read back by the backend): every block
+    fused in the graph must have survived conversion."""
+    found = details.pop("xca_blocks", None)
+    info = {**graph.xca, "in_artifact": found, "form": details.pop("xca_form", "graph")}
+    if graph.xca["fused"] and found != graph.xca["fused"] and not opts.allow_partial_fusion:
+        raise ArtifactCheckError(f"{spec.name}: {found} fused XCA blocks in the artifact, {graph.xca['fused']} in "
+                                 "the graph (pass --allow-partial-fusion to accept)")
+    return info
+
+
+def _with_options(spec: TargetSpec, opts: ConvertOptions) -> TargetSpec:
+    if opts.inline_functions and spec.backend == "onnx":
+        return replace(spec, options={**spec.options, "inline_functions": True})
+    return spec
 
 
 def _labels(cal: CalibrationSet) -> np.ndarray | None:
@@ -188,7 +211,9 @@ def convert(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptio
     src = resolve(model, weights=opts.weights)
     graph = prepare(src.path, signature=opts.signature, output_key=opts.output_key,
                     preprocessing=opts.preprocessing, bake_preprocessing=opts.bake_preprocessing,
-                    allow_unknown=opts.allow_unknown_model)
+                    allow_unknown=opts.allow_unknown_model, fuse=opts.fuse,
+                    allow_partial_fusion=opts.allow_partial_fusion)
+    targets = [_with_options(t, opts) for t in targets]
     cal = _calibration(graph, targets, opts, progress)
     calib_inputs = graph.model_input(cal.model_ready(graph.preprocessing, graph.baked))
     ref = graph.run(calib_inputs[:CHECK_IMAGES])

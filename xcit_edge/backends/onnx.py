@@ -1,5 +1,9 @@
 """ONNX via tf2onnx from the frozen GraphDef; checked with `onnx.checker`, run in ONNX Runtime.
 
+Fused XCA blocks (`graph/xca.py`) are packaged as `xcit_edge.XCA` function nodes
+(`onnx_xca.py`) unless the spec says `inline_functions` (`convert --inline-functions`).
+Quantized targets keep the blocks inlined: the quantizer has to see (and wrap) their ops.
+
 `qdq-static` targets are then quantized by ONNX Runtime's static QDQ quantizer (per-channel
 int8 weights, int8 activations) with the calibration images; op types listed in the spec's
 `keep_float` are excluded (`op_types_to_quantize` = all others).
@@ -13,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from xcit_edge.backends import Conversion
+from xcit_edge.backends.onnx_xca import count_xca, package_xca
 from xcit_edge.errors import ConversionError
 
 log = logging.getLogger(__name__)
@@ -104,9 +109,11 @@ def _quantize_qdq(src: Path, dst: Path, calib: np.ndarray, spec) -> None:
 def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     import onnx
 
-    model = to_onnx(graph, int(spec.options.get("opset", 17)))
+    opset = int(spec.options.get("opset", 17))
+    model = to_onnx(graph, opset)
     out = workdir / spec.file
     kept: list[str] = []
+    form = "inlined"
     if spec.mode == "qdq-static":
         fp32 = workdir / "fp32.onnx"
         onnx.save(model, str(fp32))
@@ -114,10 +121,15 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
         fp32.unlink()
         kept = float_nodes(onnx.load(str(out)))
     else:
+        if not spec.options.get("inline_functions"):
+            model, packaged = package_xca(model)
+            form = "function" if packaged else form
+            onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(out))
     saved = onnx.load(str(out))
     ops = sorted({n.op_type for n in saved.graph.node})
-    return Conversion([spec.file], kept, {"opset": int(spec.options.get("opset", 17)), "ops": ops})
+    return Conversion([spec.file], kept, {"opset": opset, "ops": ops, "xca_blocks": count_xca(saved),
+                                          "xca_form": form})
 
 
 def load(path: Path, spec=None):

@@ -17,6 +17,7 @@ import numpy as np
 
 from xcit_edge.backends import Conversion
 from xcit_edge.errors import ConversionError, XcitEdgeError
+from xcit_edge.graph.xca import count_blocks
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     xml = workdir / spec.file
     ov.save_model(model, str(xml), compress_to_fp16=False)
     ops = sorted({op.get_type_name() for op in model.get_ops()})
-    return Conversion([spec.file, xml.with_suffix(".bin").name], kept, {"ops": ops})
+    blocks = count_blocks(op.get_friendly_name() for op in model.get_ops())
+    return Conversion([spec.file, xml.with_suffix(".bin").name], kept, {"ops": ops, "xca_blocks": blocks})
 
 
 def load(path: Path, spec=None):

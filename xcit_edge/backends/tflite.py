@@ -22,6 +22,7 @@ import numpy as np
 
 from xcit_edge.backends import Conversion
 from xcit_edge.errors import ConversionError, XcitEdgeError
+from xcit_edge.graph.xca import count_blocks
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,13 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     if not xnnpack:
         log.warning("%s: LiteRT's default XNNPACK delegate cannot prepare this model; it runs on the "
                     "builtin kernels (slower)", spec.name)
-    return Conversion([spec.file], kept, {"ops": ops, "xnnpack": xnnpack})
+    return Conversion([spec.file], kept, {"ops": ops, "xnnpack": xnnpack, "xca_blocks": xca_blocks(out)})
+
+
+def xca_blocks(model_path: Path) -> int:
+    """Fused XCA blocks in the model, from the names the converter kept on op outputs."""
+    interp = _interpreter(model_path, delegates=False)
+    return count_blocks(t["name"] for t in interp.get_tensor_details())
 
 
 def runs_with_xnnpack(path: Path) -> bool:

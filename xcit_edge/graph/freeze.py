@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.errors import UsageError
+from xcit_edge.errors import ConversionError, UsageError
 from xcit_edge.graph.canonicalize import canonicalize_gelu, op_counts
+from xcit_edge.graph.xca import FusionReport, count_structural, fuse_xca
 from xcit_edge.inspection import guess_variant, read_saved_model_proto
 from xcit_edge.preprocessing import Preprocessing
 from xcit_edge.savedmodel import preprocessing_of, read_metadata
@@ -50,6 +51,7 @@ class PreparedGraph:
     signature_key: str
     output_key: str
     rewrites: dict[str, int] = field(default_factory=dict)
+    xca: dict = field(default_factory=dict)  # XCA fusion: expected / found / fused / skipped
     factory: object = None  # batch -> frozen ConcreteFunction with that fixed batch size
     cache: dict = field(default_factory=dict)  # per-graph results backends share (e.g. the fp32 ONNX)
 
@@ -240,10 +242,46 @@ def _adapted(inner, shape: list[int | None], layout: str, pre: Preprocessing, ba
     return convert_variables_to_constants_v2(serve.get_concrete_function())
 
 
+def _expected_xca(meta: dict | None, arch: str | None, found: int) -> tuple[int, str]:
+    """How many XCA blocks the model has: its recorded or known depth, else what the graph shows."""
+    from xcit_edge.zoo import get_config
+
+    depth = (meta or {}).get("config", {}).get("depth") if isinstance((meta or {}).get("config"), dict) else None
+    if isinstance(depth, int):
+        return depth, "recorded depth"
+    if arch:
+        try:
+            return get_config(arch).depth, f"depth of {arch}"
+        except UsageError:
+            pass
+    return found, "XCA structures in the graph"
+
+
+def _fusion(path: Path, gd, frozen, out_tensor: str, in_shape, expected: tuple[int, str],
+            allow_partial: bool):
+    """Fuse every XCA; refuse (exit 1) when fewer blocks fuse than the model has."""
+    gd, report = fuse_xca(gd, frozen.inputs[0].name, in_shape, out_tensor)
+    info = _fusion_info(report, expected)
+    if report.fused != expected[0]:
+        why = "; ".join(sorted(set(report.skipped.values()))) or "no XCA structure matched"
+        msg = f"{path}: fused {report.fused} of {expected[0]} XCA blocks ({expected[1]}): {why}"
+        if not allow_partial:
+            raise ConversionError(msg + "; pass --allow-partial-fusion to accept or --no-fuse to skip fusion")
+        log.warning("%s (accepted: --allow-partial-fusion)", msg)
+    return gd, info
+
+
+def _fusion_info(report: FusionReport | None, expected: tuple[int, str]) -> dict:
+    if report is None:
+        return {"enabled": False, "expected": expected[0], "fused": 0}
+    return {"enabled": True, "expected": expected[0], "expected_from": expected[1], "found": report.found,
+            "fused": report.fused, "skipped": report.skipped, "max_rel_err": report.max_rel_err}
+
+
 def prepare(path: Path, *, signature: str | None = None, output_key: str | None = None,
             preprocessing: Preprocessing | None = None, bake_preprocessing: bool = False,
-            allow_unknown: bool = False) -> PreparedGraph:
-    """Load, check, freeze, canonicalize and adapt the SavedModel at `path`."""
+            allow_unknown: bool = False, fuse: bool = True, allow_partial_fusion: bool = False) -> PreparedGraph:
+    """Load, check, freeze, canonicalize, fuse XCA and adapt the SavedModel at `path`."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     path = Path(path)
@@ -254,12 +292,17 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
     frozen = convert_variables_to_constants_v2(sig)
     out_tensor = frozen.outputs[_flat_output_index(sig, out_key)].name
     gd, n_gelu = canonicalize_gelu(frozen.graph.as_graph_def(), [_node_name(out_tensor)])
-    inner = _inner_function(gd, frozen.inputs[0].name, out_tensor)
     out_shape = sig.structured_outputs[out_key].shape.as_list()
     img_size = in_shape[1] if layout == "NHWC" else in_shape[2]
     out_dim = out_shape[-1] if out_shape and out_shape[-1] else None
     meta = read_metadata(path)
     arch, arch_origin, features = _identify(path, meta, img_size, out_dim, gd, allow_unknown)
+    expected = _expected_xca(meta, arch, count_structural(gd))
+    if fuse:
+        gd, xca = _fusion(path, gd, frozen, out_tensor, in_shape, expected, allow_partial_fusion)
+    else:
+        xca = _fusion_info(None, expected)
+    inner = _inner_function(gd, frozen.inputs[0].name, out_tensor)
     if preprocessing is not None:
         pre, pre_origin = preprocessing, "given on the command line"
     else:
@@ -280,7 +323,8 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
         output_shape=fn.outputs[0].shape.as_list(), layout=layout, preprocessing=pre,
         preprocessing_origin=pre_origin, baked=bake_preprocessing, arch=arch, arch_origin=arch_origin,
         features=features, labels=_labels(meta, out_dim, features), source=path, signature_key=key,
-        output_key=out_key, rewrites={"gelu_canonicalized": n_gelu}, factory=factory,
+        output_key=out_key, rewrites={"gelu_canonicalized": n_gelu, "xca_fused": xca["fused"]}, xca=xca,
+        factory=factory,
     )
 
 

@@ -1,0 +1,125 @@
+"""Package each fused XCA block of an ONNX model as one node of a model-local function.
+
+tf2onnx converts the fused graph op by op; the nodes of block i keep the TensorFlow names
+`.../xcit_edge/xca_i/...` (`graph.xca`). Here they become one node `XCA` in domain
+`xcit_edge`, calling one FunctionProto shared by every block: Netron shows 12 XCA nodes for
+nano, and ONNX Runtime inlines the function when it loads the model. Inputs of the function
+are the qkv tensor and the block's temperature; every other constant the block reads (shapes,
+axes, ε) becomes a Constant inside the body, which is why the bodies of all blocks are
+identical and one definition serves them all (checked: a block whose body differs stays
+inlined and the artifact's XCA count says so).
+
+Consumers that cannot read model-local functions (OpenVINO 2026.4's ONNX frontend refuses
+them, see ../shared/XCIT.md) get `inline(model)`: the same graph with the bodies expanded.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from xcit_edge.graph.xca import PREFIX, block_of, count_blocks
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "xcit_edge"
+OP_TYPE = "XCA"
+def count_xca(model) -> int:
+    """Fused XCA blocks in a model: function nodes, or groups of inlined nodes named for a block."""
+    calls = sum(1 for n in model.graph.node if n.op_type == OP_TYPE and n.domain == DOMAIN)
+    return calls + count_blocks(n.name for n in model.graph.node if n.op_type != OP_TYPE)
+
+
+def _body(model, nodes: list, inits: dict, temperature: str):
+    """(inputs, outputs, body nodes) of one block with tensors renamed by position."""
+    from onnx import helper, numpy_helper
+
+    produced = {o for n in nodes for o in n.output}
+    consumed_outside = {i for n in model.graph.node if n not in nodes for i in n.input}
+    consumed_outside |= {o.name for o in model.graph.output}
+    outputs = [o for n in nodes for o in n.output if o in consumed_outside]
+    inputs = [i for n in nodes for i in n.input if i and i not in produced and i not in inits]
+    inputs = list(dict.fromkeys(inputs))
+    if len(inputs) != 1 or len(outputs) != 1:
+        return None
+    rename = {inputs[0]: "qkv", temperature: "temperature", outputs[0]: "out"}
+    body = []
+    for name in dict.fromkeys(i for n in nodes for i in n.input if i in inits and i != temperature):
+        rename[name] = f"c{len(rename)}"
+        body.append(helper.make_node("Constant", [], [rename[name]],
+                                     value=numpy_helper.from_array(numpy_helper.to_array(inits[name]), rename[name])))
+    for n in nodes:
+        for o in n.output:
+            rename.setdefault(o, f"t{len(rename)}")
+    for k, n in enumerate(nodes):
+        copy = helper.make_node(n.op_type, [rename.get(i, i) for i in n.input], [rename[o] for o in n.output],
+                                name=f"n{k}", domain=n.domain)
+        copy.attribute.extend(n.attribute)
+        body.append(copy)
+    return inputs[0], outputs[0], body
+
+
+def package_xca(model):
+    """Replace every fused block by an `xcit_edge.XCA` function call; returns (model, blocks packaged)."""
+    from onnx import helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    blocks: dict[int, list] = {}
+    for n in model.graph.node:
+        if (b := block_of(n.name)) is not None:
+            blocks.setdefault(b, []).append(n)
+    if not blocks:
+        return model, 0
+    function, packaged = None, 0
+    for b, nodes in sorted(blocks.items()):
+        temps = [i for n in nodes for i in n.input if i in inits and "temperature" in i]
+        parsed = _body(model, nodes, inits, temps[0]) if len(set(temps)) == 1 else None
+        if parsed is None:
+            log.warning("XCA block %d: not a single-input single-output group; left inlined", b)
+            continue
+        qkv, out, body = parsed
+        proto = helper.make_function(DOMAIN, OP_TYPE, ["qkv", "temperature"], ["out"], body,
+                                     list(model.opset_import))
+        if function is None:
+            function = proto
+        elif proto.SerializeToString() != function.SerializeToString():
+            log.warning("XCA block %d: its body differs from block 0's; left inlined", b)
+            continue
+        _replace(model, nodes, helper.make_node(OP_TYPE, [qkv, temps[0]], [out], name=f"{PREFIX}{b}",
+                                                domain=DOMAIN))
+        packaged += 1
+    if function is not None and packaged:
+        model.functions.append(function)
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+        _drop_unused(model)
+    return model, packaged
+
+
+def _replace(model, nodes: list, call) -> None:
+    """Put `call` where the block's first node was (keeps the graph topologically sorted)."""
+    names = {n.name for n in nodes}
+    kept = []
+    for n in model.graph.node:
+        if n.name == nodes[0].name:
+            kept.append(call)
+        if n.name not in names:
+            kept.append(n)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+
+
+def _drop_unused(model) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep_inits = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep_inits)
+    produced = {o for n in model.graph.node for o in n.output}
+    keep_vi = [v for v in model.graph.value_info if v.name in produced]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep_vi)
+
+
+def inline(model):
+    """The same model with every local function expanded (for consumers that cannot read them)."""
+    import onnx.inliner
+
+    return onnx.inliner.inline_local_functions(model)
