@@ -118,6 +118,39 @@ def test_manifest_describes_the_artifact(fixture_artifacts, fixture_dir):
     assert any(k.startswith("DIV") for k in int8["kept_float"]) and int8["calibration"]["images"] == 200
     qdq = json.loads((Path(fixture_artifacts["onnx-int8"]["path"]) / "manifest.json").read_text())
     assert any(k.startswith("Sqrt") for k in qdq["kept_float"])  # read back from the QDQ graph
+    # excluded op types really run in float (ORT would otherwise fuse DQ -> GAP -> Q into int8)
+    assert any(k.startswith("GlobalAveragePool") for k in qdq["kept_float"]), qdq["kept_float"]
+    for entry in fixture_artifacts.values():
+        xca = read_manifest(Path(entry["path"]))["xca"]
+        assert (xca["expected"], xca["fused"], xca["in_artifact"]) == (4, 4, 4), xca
+
+
+def test_onnx_shows_one_xca_function_node_per_block(fixture_artifacts):
+    import onnx
+
+    model = onnx.load(str(Path(fixture_artifacts["onnx"]["path"]) / "model.onnx"))
+    calls = [n for n in model.graph.node if n.op_type == "XCA"]
+    assert len(calls) == 4 and {n.domain for n in calls} == {"xcit_edge"}
+    assert [(f.domain, f.name) for f in model.functions] == [("xcit_edge", "XCA")]
+    assert any(o.domain == "xcit_edge" for o in model.opset_import)
+
+
+def test_inline_functions_gives_a_model_openvino_reads(fixture_artifacts, fixture_dir, held_out, tmp_path):
+    import onnx
+    import openvino as ov
+
+    from xcit_edge.backends.onnx_xca import count_xca
+
+    res = run("--quiet", "convert", fixture_dir, "--target", "onnx", "--inline-functions", "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    path = tmp_path / "o" / "onnx" / "model.onnx"
+    model = onnx.load(str(path))
+    assert not model.functions and count_xca(model) == 4
+    x = normalize(held_out[0][:4], PRE)
+    compiled = ov.Core().compile_model(ov.Core().read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = compiled(x)[compiled.outputs[0]]
+    want = run_artifact(fixture_artifacts["onnx"], x)  # the function form, in ONNX Runtime
+    assert np.abs(got - want).max() / np.abs(want).max() <= 1e-5
 
 
 def test_onnx_is_valid_opset_17(fixture_artifacts):

@@ -249,3 +249,32 @@ def test_384_model_fused_equals_unfused(tmp_path):
     weights = Path(__file__).parent / "fixtures" / f"{FIXTURE.name}.safetensors"
     build(FIXTURE.name, tmp_path / "fx384", weights=weights, img_size=384)
     _fused_vs_as_written(tmp_path / "fx384", 384, FIXTURE.depth, tmp_path)
+
+
+def _convert_24_layer(tmp_path, targets: str) -> dict:
+    import json
+
+    from xcit_edge.model.xcit import build_model
+    from xcit_edge.savedmodel import export_saved_model, model_metadata
+    from xcit_edge.zoo import reduced_config
+
+    cfg = reduced_config(depth=24, eta=1e-5, embed_dim=16)
+    export_saved_model(build_model(cfg, seed=3), tmp_path / "sm", model_metadata(cfg, {"source": "random", "seed": 3}))
+    res = run("--quiet", "convert", tmp_path / "sm", "--target", targets, "--out", tmp_path / "o", "--json",
+              "--calibration-images", 8)
+    assert res.exit_code == 0, res.output
+    return {a["target"]: a["xca_fused"] for a in json.loads(res.stdout)["artifacts"]}
+
+
+def test_24_layer_model_shows_24_fused_blocks_in_its_artifacts(tmp_path):
+    targets = "tflite-fp16,onnx,openvino"
+    assert _convert_24_layer(tmp_path, targets) == dict.fromkeys(targets.split(","), 24)
+
+
+@pytest.mark.slow
+def test_24_layer_model_every_target(tmp_path):
+    """All six targets (6 min on 2 cores: ORT's quantizer is slow on 24 blocks). onnx-int8 also
+    guards a fix: ORT fused float-kept LayerNorm means into QLinearGlobalAveragePool, which failed
+    at run time on 24-layer models (backends/onnx.py `_unwrap_float_ops`)."""
+    counts = _convert_24_layer(tmp_path, "all")
+    assert len(counts) == 6 and set(counts.values()) == {24}, counts

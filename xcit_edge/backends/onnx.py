@@ -104,6 +104,50 @@ def _quantize_qdq(src: Path, dst: Path, calib: np.ndarray, spec) -> None:
         calibrate_method=CalibrationMethod.MinMax,
     )
     pre.unlink()
+    model = onnx.load(str(dst))
+    if unwrapped := _unwrap_float_ops(model, keep):
+        log.info("%s: %d excluded nodes unwrapped from their output QDQ pair", spec.name, unwrapped)
+        onnx.save(model, str(dst))
+
+
+def _unwrap_float_ops(model, keep: set[str]) -> int:
+    """Drop the Quantize/Dequantize pair after every node of a `keep` op type.
+
+    ORT's QDQ quantizer leaves an excluded node unquantized but still wraps it when its
+    neighbours are quantized (DQ -> node -> Q), and ONNX Runtime then fuses that into the
+    int8 kernel anyway: the LayerNorm means of 24-layer XCiTs become QLinearGlobalAveragePool,
+    which fails at run time ("parameter out of computation range"; measured on tiny_24 and a
+    24-layer test model). Feeding the node's float output straight to its consumers breaks
+    the pattern, so the node really runs in float.
+    """
+    nodes = list(model.graph.node)
+    consumers: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    drop, done = set(), 0
+    for n in nodes:
+        if n.op_type not in keep:
+            continue
+        for out in n.output:
+            for q in [c for c in consumers.get(out, []) if c.op_type == "QuantizeLinear"]:
+                dqs = consumers.get(q.output[0], [])
+                if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
+                    continue
+                for dq in dqs:
+                    for c in consumers.get(dq.output[0], []):
+                        c.input[:] = [out if i == dq.output[0] else i for i in c.input]
+                    for go in model.graph.output:
+                        if go.name == dq.output[0]:
+                            go.name = out
+                    drop.add(id(dq))
+                drop.add(id(q))
+                done += 1
+    if drop:
+        kept = [n for n in nodes if id(n) not in drop]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return done
 
 
 def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
