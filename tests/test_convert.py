@@ -133,6 +133,8 @@ def test_onnx_shows_one_xca_function_node_per_block(fixture_artifacts):
     assert len(calls) == 4 and {n.domain for n in calls} == {"xcit_edge"}
     assert [(f.domain, f.name) for f in model.functions] == [("xcit_edge", "XCA")]
     assert any(o.domain == "xcit_edge" for o in model.opset_import)
+    # every LayerNorm (4 blocks x 3, 2 class-attention blocks x 2, the final one) is one node
+    assert sum(n.op_type == "LayerNormalization" for n in model.graph.node) == 17
 
 
 def test_inline_functions_gives_a_model_openvino_reads(fixture_artifacts, fixture_dir, held_out, tmp_path):

@@ -1,5 +1,7 @@
 """ONNX via tf2onnx from the frozen GraphDef; checked with `onnx.checker`, run in ONNX Runtime.
 
+Float targets with `optimize = true` get `onnx_optimize.py`'s rewrites (LayerNormalization,
+Tensordot folding, GELU in the form ONNX Runtime fuses), each verified on a probe input.
 Fused XCA blocks (`graph/xca.py`) are packaged as `xcit_edge.XCA` function nodes
 (`onnx_xca.py`) unless the spec says `inline_functions` (`convert --inline-functions`).
 Quantized targets keep the blocks inlined: the quantizer has to see (and wrap) their ops.
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from xcit_edge.backends import Conversion
+from xcit_edge.backends.onnx_optimize import optimize
 from xcit_edge.backends.onnx_xca import count_xca, package_xca
 from xcit_edge.errors import ConversionError
 
@@ -158,6 +161,7 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     out = workdir / spec.file
     kept: list[str] = []
     form = "inlined"
+    details: dict = {}
     if spec.mode == "qdq-static":
         fp32 = workdir / "fp32.onnx"
         onnx.save(model, str(fp32))
@@ -165,6 +169,9 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
         fp32.unlink()
         kept = float_nodes(onnx.load(str(out)))
     else:
+        if spec.options.get("optimize", False):
+            model, rewrites = optimize(model)
+            details["rewrites"] = rewrites
         if not spec.options.get("inline_functions"):
             model, packaged = package_xca(model)
             form = "function" if packaged else form
@@ -173,7 +180,7 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     saved = onnx.load(str(out))
     ops = sorted({n.op_type for n in saved.graph.node})
     return Conversion([spec.file], kept, {"opset": opset, "ops": ops, "xca_blocks": count_xca(saved),
-                                          "xca_form": form})
+                                          "xca_form": form, **details})
 
 
 def load(path: Path, spec=None):

@@ -1,0 +1,254 @@
+"""ONNX graph rewrites that let ONNX Runtime run what tf2onnx wrote out op by op as single kernels.
+
+tf2onnx writes a Keras LayerNorm as ~13 elementwise nodes (GlobalAveragePool mean, Neg, Sub,
+Mul, GlobalAveragePool variance, Add ε, Sqrt, Reciprocal, three Mul, two Add), each a full pass
+over the (B, N, D) tokens, and ONNX Runtime's LayerNorm fusion does not recognise that form
+(its profiler put 35 % of nano's time in Mul and Add, against 11 % in timm's own export, where
+the same LayerNorms run as `LayerNormalization`). GELU arrives as `erf(x · 0.70710677)` (the
+form TFLite needs); ONNX Runtime fuses only `erf(x / 1.4142135)` into its Gelu kernel.
+
+* `fuse_layernorm`: every LayerNorm over the last axis becomes one `LayerNormalization`
+  (ONNX opset 17). Found by structure (a mean, the mean of the squared deviation from it, ε
+  added) and confirmed by value: the model is run once on a seeded probe and the candidate
+  output must equal numpy's LayerNorm of the probed input with the block's own γ and β
+  constants. Anything that does not verify is left as it is.
+* `gelu_div_form`: `Erf(Mul(x, 1/√2))` becomes `Erf(Div(x, √2))`.
+
+`optimize` applies both and checks the whole rewritten model against the original on the
+probe (1e-5 relative max error), else returns the original.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_MEANS = ("GlobalAveragePool", "ReduceMean")
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Sqrt", "Reciprocal", "Neg", "Pow"}
+_RTOL = 1e-5
+
+
+class _Index:
+    def __init__(self, model):
+        from onnx import numpy_helper
+
+        self.model = model
+        self.inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.producer = {o: n for n in model.graph.node for o in n.output}
+        self.consumers: dict[str, list] = {}
+        for n in model.graph.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+
+    def consumer(self, tensor: str, op: str, other=None):
+        for n in self.consumers.get(tensor, []):
+            if n.op_type == op and (other is None or other(n)):
+                return n
+        return None
+
+    def const(self, node, skip: str) -> np.ndarray | None:
+        vals = [self.inits[i] for i in node.input if i != skip and i in self.inits]
+        return vals[0] if len(vals) == 1 else None
+
+
+def _layernorm_sites(ix: _Index) -> list[dict]:
+    """Candidate LayerNorms: x, ε, and the elementwise region below the variance."""
+    sites = []
+    for m1 in ix.model.graph.node:
+        if m1.op_type not in _MEANS:
+            continue
+        x, mean = m1.input[0], m1.output[0]
+        d = ix.consumer(mean, "Sub", lambda n, x=x, mean=mean: list(n.input) == [x, mean])
+        sq = d and (ix.consumer(d.output[0], "Mul", lambda n, t=d.output[0]: list(n.input) == [t, t])
+                    or ix.consumer(d.output[0], "Pow"))
+        m2 = sq and next((n for n in ix.consumers.get(sq.output[0], []) if n.op_type in _MEANS), None)
+        add = m2 and ix.consumer(m2.output[0], "Add")
+        eps = add is not None and ix.const(add, m2.output[0])
+        if eps is None or eps is False or np.size(eps) != 1:
+            continue
+        region, frontier = [], [m1, add]
+        while frontier:  # everything elementwise below the mean and the variance, a few levels deep
+            nxt = []
+            for n in frontier:
+                for c in (c for o in n.output for c in ix.consumers.get(o, [])):
+                    if c.op_type in _ELEMENTWISE and c not in region and len(region) < 24:
+                        region.append(c)
+                        nxt.append(c)
+            frontier = nxt
+        sites.append({"x": x, "eps": float(np.reshape(eps, -1)[0]), "region": region})
+    return sites
+
+
+def _probe(model, tensors: list[str], seed: int = 0) -> dict[str, np.ndarray]:
+    """Values of `tensors` on a seeded input (batch 2 when the batch is dynamic)."""
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    known = {o.name for o in m.graph.output}
+    for t in dict.fromkeys(tensors):
+        if t not in known:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) and d > 0 else 2 for d in inp.shape]
+    rng = np.random.default_rng(seed)
+    if inp.type == "tensor(uint8)":  # --bake-preprocessing: raw pixels
+        x = rng.integers(0, 256, shape, dtype=np.uint8)
+    else:
+        x = rng.standard_normal(shape).astype(np.float32)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, {inp.name: x}), strict=True))
+
+
+def _matches(x: np.ndarray, y: np.ndarray, eps: float, gamma, beta) -> bool:
+    if y.shape != x.shape or gamma.shape != (x.shape[-1],) or beta.shape != (x.shape[-1],):
+        return False
+    x64 = x.astype(np.float64)
+    mu = x64.mean(-1, keepdims=True)
+    want = (x64 - mu) / np.sqrt(((x64 - mu) ** 2).mean(-1, keepdims=True) + eps) * gamma + beta
+    return float(np.abs(y - want).max() / max(np.abs(want).max(), 1e-30)) <= 1e-4
+
+
+def _choose(ix: _Index, site: dict, values: dict):
+    """(output node, γ name, β name) of a verified LayerNorm, else None."""
+    x = values[site["x"]]
+    width = x.shape[-1]
+    consts = {i for n in site["region"] for i in n.input if i in ix.inits and ix.inits[i].size == width}
+    for node in reversed(site["region"]):  # the furthest node that is the whole LayerNorm
+        y = values.get(node.output[0])
+        if y is None:
+            continue
+        for g in consts:
+            for b in consts - {g}:
+                gamma, beta = ix.inits[g].reshape(-1), ix.inits[b].reshape(-1)
+                if _matches(x, y, site["eps"], gamma, beta):
+                    return node, g, b
+    return None
+
+
+def fuse_layernorm(model) -> tuple[object, int]:
+    """Rewrite every verified LayerNorm into `LayerNormalization`; returns (model, how many)."""
+    import onnx
+    from onnx import numpy_helper
+
+    ix = _Index(model)
+    sites = _layernorm_sites(ix)
+    if not sites:
+        return model, 0
+    values = _probe(model, [s["x"] for s in sites] + [n.output[0] for s in sites for n in s["region"]])
+    replaced = 0
+    for k, site in enumerate(sites):
+        chosen = _choose(ix, site, values)
+        if chosen is None:
+            continue
+        out, g, b = chosen
+        names = (f"xcit_edge/ln_{k}/gamma", f"xcit_edge/ln_{k}/beta")
+        for name, src in zip(names, (g, b), strict=True):
+            model.graph.initializer.append(numpy_helper.from_array(ix.inits[src].reshape(-1).astype(np.float32), name))
+        ln = onnx.helper.make_node("LayerNormalization", [site["x"], *names], [out.output[0]],
+                                   name=f"xcit_edge/ln_{k}", axis=-1, epsilon=site["eps"])
+        idx = list(model.graph.node).index(out)
+        model.graph.node.remove(out)
+        model.graph.node.insert(idx, ln)
+        replaced += 1
+    _drop_dead(model)
+    return model, replaced
+
+
+def fold_tensordot(model) -> tuple[object, int]:
+    """`Reshape(x, (-1, D)) -> MatMul(W) -> Reshape(back)` (Keras Dense on tokens, as TF's
+    Tensordot writes it) becomes `MatMul(x, W)`: ONNX MatMul broadcasts over leading axes. The
+    runtime shape arithmetic feeding the second Reshape (Shape, Gather, Cast, Concat: about
+    300 tiny nodes in nano) goes with it. Each site is checked on the probe: the second
+    Reshape's output must have x's leading axes."""
+    ix = _Index(model)
+    sites = []
+    for mm in model.graph.node:
+        r1 = ix.producer.get(mm.input[0]) if mm.op_type == "MatMul" else None
+        after = ix.consumers.get(mm.output[0], []) if r1 is not None else []
+        if r1 is None or r1.op_type != "Reshape" or mm.input[1] not in ix.inits or ix.inits[mm.input[1]].ndim != 2:
+            continue
+        if len(after) == 1 and after[0].op_type == "Reshape" and len(ix.consumers.get(r1.output[0], [])) == 1:
+            sites.append((r1, mm, after[0]))
+    if not sites:
+        return model, 0
+    values = _probe(model, [t for r1, _, r2 in sites for t in (r1.input[0], r2.output[0])])
+    done = 0
+    for r1, mm, r2 in sites:
+        x, y = values[r1.input[0]], values[r2.output[0]]
+        if x.ndim < 3 or y.shape != (*x.shape[:-1], ix.inits[mm.input[1]].shape[1]):
+            continue
+        mm.input[0] = r1.input[0]
+        mm.output[0] = r2.output[0]
+        model.graph.node.remove(r2)
+        done += 1
+    _drop_dead(model)
+    return model, done
+
+
+def gelu_div_form(model) -> tuple[object, int]:
+    """`Erf(Mul(x, 1/√2))` -> `Erf(Div(x, √2))`, the form ONNX Runtime fuses into Gelu."""
+    from onnx import numpy_helper
+
+    ix = _Index(model)
+    done = 0
+    for erf in [n for n in model.graph.node if n.op_type == "Erf"]:
+        mul = ix.producer.get(erf.input[0])
+        c = mul is not None and mul.op_type == "Mul" and ix.const(mul, "")
+        if c is None or c is False or np.size(c) != 1 or abs(float(np.reshape(c, -1)[0]) - 2 ** -0.5) > 1e-6:
+            continue
+        if len(ix.consumers.get(mul.output[0], [])) != 1:
+            continue
+        x = next(i for i in mul.input if i not in ix.inits)
+        name = f"{mul.name}/sqrt2"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(np.sqrt(2.0), np.float32), name))
+        mul.op_type = "Div"
+        mul.input[:] = [x, name]
+        done += 1
+    return model, done
+
+
+def _drop_dead(model) -> None:
+    """Remove nodes whose outputs nothing reads, then initializers nothing reads."""
+    outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | outputs
+        dead = [n for n in model.graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def optimize(model) -> tuple[object, dict]:
+    """Both rewrites, kept only if the whole model still computes the same on the probe."""
+    import onnx
+
+    original = onnx.ModelProto()
+    original.CopyFrom(model)
+    model, n_td = fold_tensordot(model)
+    model, n_ln = fuse_layernorm(model)
+    model, n_gelu = gelu_div_form(model)
+    counts = {"tensordot_folded": n_td, "layernorm": n_ln, "gelu_div": n_gelu}
+    if not any(counts.values()):
+        return original, counts
+    out = original.graph.output[0].name
+    before, after = _probe(original, [out])[out], _probe(model, [out])[out]
+    err = float(np.abs(after - before).max() / max(np.abs(before).max(), 1e-30))
+    if err > _RTOL:
+        log.warning("ONNX rewrites changed the output by %.2g (relative); not applied", err)
+        return original, {**dict.fromkeys(counts, 0), "rejected_rel_err": err}
+    log.info("ONNX rewrites %s (output rel. max error %.2g)", counts, err)
+    return model, {**counts, "rel_err": err}
