@@ -1,7 +1,7 @@
 """Graph stage: load a SavedModel signature, freeze it, canonicalize it, adapt its input.
 
 Every target backend starts from the same `PreparedGraph`, so a rewrite done here (the
-Erf canonicalization now, XCA fusion later) is inherited by all of them.
+GELU canonicalization, the XCA fusion) is inherited by all of them.
 """
 
 from xcit_edge.graph.freeze import PreparedGraph, prepare

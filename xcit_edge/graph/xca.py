@@ -209,7 +209,8 @@ def _find_sites(g: _Graph) -> list[_Site]:
         else:
             site.x, site.z = v_top, _descend(g, applies[0].name)
         sites.append(site)
-    return sorted(sites, key=lambda s: s.softmax)
+    order = {name: i for i, name in enumerate(g.nodes)}  # GraphDef order: block 0 first
+    return sorted(sites, key=lambda s: order[s.softmax])
 
 
 def reference_xca(q: np.ndarray, k: np.ndarray, v: np.ndarray, tau: np.ndarray) -> np.ndarray:
