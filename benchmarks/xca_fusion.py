@@ -134,6 +134,7 @@ def bench_model(model_name: str, batches: list[int], threads: int, reps: int) ->
     from xcit_edge.timm_ref import images, rel_max_err, seeded_timm_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-xca-"))
+    print(f"{model_name}: artifacts in {tmp} (fused/, as-written/, timm.onnx)", flush=True)
     size = int(model_name.rsplit("_", 1)[1])
     from safetensors.torch import save_file
 
