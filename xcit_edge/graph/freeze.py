@@ -246,7 +246,8 @@ def _expected_xca(meta: dict | None, arch: str | None, found: int) -> tuple[int,
     """How many XCA blocks the model has: its recorded or known depth, else what the graph shows."""
     from xcit_edge.zoo import get_config
 
-    depth = (meta or {}).get("config", {}).get("depth") if isinstance((meta or {}).get("config"), dict) else None
+    cfg = (meta or {}).get("config")
+    depth = cfg.get("depth") if isinstance(cfg, dict) else None
     if isinstance(depth, int):
         return depth, "recorded depth"
     if arch:
