@@ -12,6 +12,11 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 0, (a64 * b64).sum(1) / np.maximum(den, 1e-300), 1.0)
 
 
+def rel_max_err(out: np.ndarray, ref: np.ndarray) -> float:
+    """max |out - ref| / max |ref|: the fidelity figure the project reports (exact rewrites, fp32 artifacts)."""
+    return float(np.abs(out - ref).max() / max(float(np.abs(ref).max()), 1e-30))
+
+
 def agreement(out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None = None) -> dict:
     """Cosine (mean/min), max/mean abs error, top-1 agreement, and accuracies when labels exist."""
     cos = cosine(out, ref)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from xcit_edge.metrics import rel_max_err  # noqa: F401 - re-exported for tests and benchmarks
+
 
 def seeded_timm_model(name: str, seed: int = 0, **kwargs):
     """A timm XCiT in eval mode whose every tensor is seeded and non-trivial."""
@@ -41,11 +43,6 @@ def timm_forward(model, images_nhwc: np.ndarray, pre_logits: bool = False) -> np
     with torch.no_grad():
         x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).contiguous()
         return model.forward_head(model.forward_features(x), pre_logits=pre_logits).numpy()
-
-
-def rel_max_err(out: np.ndarray, ref: np.ndarray) -> float:
-    """max |out - ref| / max |ref|: the fidelity figure the project reports."""
-    return float(np.abs(out - ref).max() / np.abs(ref).max())
 
 
 def images(n: int, size: int, seed: int = 0) -> np.ndarray:

@@ -24,6 +24,8 @@ import logging
 
 import numpy as np
 
+from xcit_edge.metrics import rel_max_err
+
 log = logging.getLogger(__name__)
 
 _MEANS = ("GlobalAveragePool", "ReduceMean")
@@ -114,7 +116,7 @@ def _matches(x: np.ndarray, y: np.ndarray, eps: float, gamma, beta) -> bool:
     x64 = x.astype(np.float64)
     mu = x64.mean(-1, keepdims=True)
     want = (x64 - mu) / np.sqrt(((x64 - mu) ** 2).mean(-1, keepdims=True) + eps) * gamma + beta
-    return float(np.abs(y - want).max() / max(np.abs(want).max(), 1e-30)) <= 1e-4
+    return rel_max_err(y, want) <= 1e-4
 
 
 def _choose(ix: _Index, site: dict, values: dict):
@@ -246,7 +248,7 @@ def optimize(model) -> tuple[object, dict]:
         return original, counts
     out = original.graph.output[0].name
     before, after = _probe(original, [out])[out], _probe(model, [out])[out]
-    err = float(np.abs(after - before).max() / max(np.abs(before).max(), 1e-30))
+    err = rel_max_err(after, before)
     if err > _RTOL:
         log.warning("ONNX rewrites changed the output by %.2g (relative); not applied", err)
         return original, {**dict.fromkeys(counts, 0), "rejected_rel_err": err}

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xcit_edge.graph.canonicalize import _base, _Graph
+from xcit_edge.metrics import rel_max_err
 
 log = logging.getLogger(__name__)
 
@@ -258,14 +259,10 @@ def _solve_layout(site: _Site, batch: int, x: np.ndarray, gram: np.ndarray, z: n
         qkv = _channels_last(x, xa).reshape(batch, tokens, 3, heads, d).transpose(2, 0, 3, 1, 4)
         want = reference_xca(qkv[0], qkv[1], qkv[2], tau)
         for za in [i for i, s in enumerate(z.shape) if s == width]:
-            if _rel_err(_channels_last(z, za).reshape(want.shape), want) <= _VERIFY_RTOL:
+            if rel_max_err(_channels_last(z, za).reshape(want.shape), want) <= _VERIFY_RTOL:
                 site.tau = tau
                 return _Layout(heads, d, tokens, x.shape, xa, z.shape, za)
     return None
-
-
-def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-30))
 
 
 class _Emitter:
@@ -409,7 +406,7 @@ def fuse_xca(graph_def, input_tensor: str, input_shape: list[int | None], output
         return graph_def, report
     out = graph_util.extract_sub_graph(out, [_base(output_tensor)])
     (after,) = _run(out, input_tensor, probe, [output_tensor])
-    report.max_rel_err = _rel_err(after, values[-1])
+    report.max_rel_err = rel_max_err(after, values[-1])
     if report.max_rel_err > 1e-5:
         log.warning("XCA fusion changed the output by %.2g (relative); graph left unfused", report.max_rel_err)
         report.skipped = {s.softmax: "whole-graph check failed" for s in sites}
