@@ -258,10 +258,11 @@ def _expected_xca(meta: dict | None, arch: str | None, found: int) -> tuple[int,
     return found, "XCA structures in the graph"
 
 
-def _fusion(path: Path, gd, frozen, out_tensor: str, in_shape, expected: tuple[int, str],
+def _fusion(path: Path, gd, frozen, out_tensor: str, in_shape, meta: dict | None, arch: str | None,
             allow_partial: bool):
     """Fuse every XCA; refuse (exit 1) when fewer blocks fuse than the model has."""
     gd, report = fuse_xca(gd, frozen.inputs[0].name, in_shape, out_tensor)
+    expected = _expected_xca(meta, arch, report.found)
     info = _fusion_info(report, expected)
     if report.fused != expected[0]:
         why = "; ".join(sorted(set(report.skipped.values()))) or "no XCA structure matched"
@@ -298,11 +299,10 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
     out_dim = out_shape[-1] if out_shape and out_shape[-1] else None
     meta = read_metadata(path)
     arch, arch_origin, features = _identify(path, meta, img_size, out_dim, gd, allow_unknown)
-    expected = _expected_xca(meta, arch, count_structural(gd))
     if fuse:
-        gd, xca = _fusion(path, gd, frozen, out_tensor, in_shape, expected, allow_partial_fusion)
+        gd, xca = _fusion(path, gd, frozen, out_tensor, in_shape, meta, arch, allow_partial_fusion)
     else:
-        xca = _fusion_info(None, expected)
+        xca = _fusion_info(None, _expected_xca(meta, arch, count_structural(gd)))
     inner = _inner_function(gd, frozen.inputs[0].name, out_tensor)
     if preprocessing is not None:
         pre, pre_origin = preprocessing, "given on the command line"

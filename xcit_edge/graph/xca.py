@@ -70,7 +70,6 @@ class _Site:
 
     softmax: str
     gram: str
-    apply: str  # the matmul softmax(..) @ v
     x: str | None = None  # the qkv tensor (node name)
     z: str | None = None  # the tensor entering the output projection (node name)
     tau: np.ndarray | None = None
@@ -202,7 +201,7 @@ def _find_sites(g: _Graph) -> list[_Site]:
         tops = [_climb(g, i, through_norm=True) for i in _data_inputs(g.nodes[gram])[:2]]
         if not all(normed for _, normed in tops):
             continue  # a softmax between two matmuls, but no L2-normalized operands: not XCA
-        site = _Site(node.name, gram, applies[0].name, tau=tau)
+        site = _Site(node.name, gram, tau=tau)
         v_in = [i for i in _data_inputs(applies[0]) if i != node.name]
         v_top, _ = _climb(g, v_in[0], through_norm=False) if len(v_in) == 1 else (None, False)
         if len({tops[0][0], tops[1][0], v_top}) != 1 or v_top is None:
