@@ -161,7 +161,7 @@ def fuse_layernorm(model) -> tuple[object, int]:
         model.graph.node.remove(out)
         model.graph.node.insert(idx, ln)
         replaced += 1
-    _drop_dead(model)
+    drop_unused(model)
     return model, replaced
 
 
@@ -192,7 +192,7 @@ def fold_tensordot(model) -> tuple[object, int]:
         mm.output[0] = r2.output[0]
         model.graph.node.remove(r2)
         done += 1
-    _drop_dead(model)
+    drop_unused(model)
     return model, done
 
 
@@ -218,8 +218,9 @@ def gelu_div_form(model) -> tuple[object, int]:
     return model, done
 
 
-def _drop_dead(model) -> None:
-    """Remove nodes whose outputs nothing reads, then initializers nothing reads."""
+def drop_unused(model) -> None:
+    """After a rewrite: remove nodes whose outputs nothing reads, then initializers nothing
+    reads and value_info of tensors no node produces any more."""
     outputs = {o.name for o in model.graph.output}
     while True:
         used = {i for n in model.graph.node for i in n.input} | outputs
@@ -228,10 +229,13 @@ def _drop_dead(model) -> None:
             break
         for n in dead:
             model.graph.node.remove(n)
-    used = {i for n in model.graph.node for i in n.input}
     keep = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
+    produced = {o for n in model.graph.node for o in n.output}
+    keep_vi = [v for v in model.graph.value_info if v.name in produced]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep_vi)
 
 
 def optimize(model) -> tuple[object, dict]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 
+from xcit_edge.backends.onnx_optimize import drop_unused
 from xcit_edge.graph.xca import PREFIX, block_of, count_blocks
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def package_xca(model):
     if function is not None and packaged:
         model.functions.append(function)
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
-        _drop_unused(model)
+        drop_unused(model)
     return model, packaged
 
 
@@ -105,17 +106,6 @@ def _replace(model, nodes: list, call) -> None:
             kept.append(n)
     del model.graph.node[:]
     model.graph.node.extend(kept)
-
-
-def _drop_unused(model) -> None:
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    keep_inits = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep_inits)
-    produced = {o for n in model.graph.node for o in n.output}
-    keep_vi = [v for v in model.graph.value_info if v.name in produced]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(keep_vi)
 
 
 def inline(model):
