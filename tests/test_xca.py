@@ -25,12 +25,12 @@ def _weights(seed: int = 0):
             rng.uniform(0.5, 2.0, H).astype(np.float32))
 
 
-def _native(x, w, tau):
+def _native(x, w, tau, norm_axis: int = -1):
     """Like our Keras model: (3, B, h, d, N) after one transpose, x / max(sqrt(sum x²), eps)."""
     qkv = tf.transpose(tf.reshape(tf.matmul(x, w), [-1, N, 3, H, DH]), [2, 0, 3, 4, 1])
     q, k, v = qkv[0], qkv[1], qkv[2]
-    q = q / tf.maximum(tf.sqrt(tf.reduce_sum(q * q, -1, keepdims=True)), 1e-12)
-    k = k / tf.maximum(tf.sqrt(tf.reduce_sum(k * k, -1, keepdims=True)), 1e-12)
+    q = q / tf.maximum(tf.sqrt(tf.reduce_sum(q * q, norm_axis, keepdims=True)), 1e-12)
+    k = k / tf.maximum(tf.sqrt(tf.reduce_sum(k * k, norm_axis, keepdims=True)), 1e-12)
     attn = tf.nn.softmax(tf.matmul(q, tf.transpose(k, [0, 1, 3, 2])) * tau.reshape(H, 1, 1), -1)
     return tf.reshape(tf.transpose(tf.matmul(attn, v), [0, 3, 1, 2]), [-1, N, D])
 
@@ -71,12 +71,7 @@ def _plain_attention(x, w, tau):
 
 def _wrong_axis(x, w, tau):
     """Normalized over channels instead of tokens: XCA's structure, not its semantics."""
-    qkv = tf.transpose(tf.reshape(tf.matmul(x, w), [-1, N, 3, H, DH]), [2, 0, 3, 4, 1])
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    q = q / tf.maximum(tf.sqrt(tf.reduce_sum(q * q, -2, keepdims=True)), 1e-12)
-    k = k / tf.maximum(tf.sqrt(tf.reduce_sum(k * k, -2, keepdims=True)), 1e-12)
-    attn = tf.nn.softmax(tf.matmul(q, tf.transpose(k, [0, 1, 3, 2])) * tau.reshape(H, 1, 1), -1)
-    return tf.reshape(tf.transpose(tf.matmul(attn, v), [0, 3, 1, 2]), [-1, N, D])
+    return _native(x, w, tau, norm_axis=-2)
 
 
 def _frozen(body, blocks: int = 1):
