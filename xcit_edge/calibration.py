@@ -58,12 +58,12 @@ class CalibrationSet:
 
     @property
     def digest(self) -> str:
-        h = hashlib.sha256()
-        for arr in (self.pixels, self.floats, self.labels):
-            if arr is not None:
-                h.update(str(arr.shape).encode() + arr.dtype.str.encode())
-                h.update(np.ascontiguousarray(arr).tobytes())
-        return h.hexdigest()
+        return _digest(self.pixels, self.floats, self.labels)
+
+    @property
+    def images_digest(self) -> str:
+        """The images alone (labels aside): what a reference and a validation run must share."""
+        return _digest(self.pixels, self.floats)
 
     def model_ready(self, pre: Preprocessing, baked: bool) -> np.ndarray:
         """NHWC inputs: uint8 pixels for baked models, normalized float32 otherwise."""
@@ -83,6 +83,15 @@ class CalibrationSet:
             return (None if a is None else a[:n])
         return CalibrationSet(cut(self.pixels), cut(self.floats), cut(self.labels), self.names[:n],
                               self.source, self.skipped)
+
+
+def _digest(*arrays: np.ndarray | None) -> str:
+    h = hashlib.sha256()
+    for arr in arrays:
+        if arr is not None:
+            h.update(str(arr.shape).encode() + arr.dtype.str.encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
 
 
 def normalize(pixels: np.ndarray, pre: Preprocessing) -> np.ndarray:

@@ -156,27 +156,33 @@ def _preprocessing_override(size, mean, std, interpolation, crop_pct):
                          mean=triple(mean, IMAGENET_MEAN), std=triple(std, IMAGENET_STD))
 
 
-class _ConvertProgress:
-    """Rich progress bars for calibration decoding and targets (nothing under --quiet)."""
+class _Bars:
+    """Rich progress bars on stderr, one per stage (nothing under --quiet or off a terminal)."""
 
-    def __init__(self, quiet: bool, targets: list[str]):
+    def __init__(self, quiet: bool, describe=None):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        self.targets = targets
+        self.describe = describe or (lambda stage, done, total: stage)
         self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=Console(stderr=True, quiet=quiet or not sys.stderr.isatty()),
                             transient=False)
         self.tasks: dict[str, int] = {}
 
-    def __call__(self, event: str, done: int, total: int) -> None:
-        if event not in self.tasks:
-            self.tasks[event] = self.bar.add_task("calibration images" if event == "calibration" else "targets",
-                                                  total=total)
-        desc = None
-        if event == "target":
-            desc = f"converting {self.targets[done]}" if done < total else "targets done"
-        self.bar.update(self.tasks[event], completed=done, total=total, **({"description": desc} if desc else {}))
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        desc = self.describe(stage, done, total)
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(desc, total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total, description=desc)
+
+
+def _convert_stage(targets: list[str]):
+    def describe(stage: str, done: int, total: int) -> str:
+        if stage == "calibration":
+            return "calibration images"
+        return f"converting {targets[done]}" if done < total else "targets done"
+
+    return describe
 
 
 @main.command()
@@ -223,7 +229,7 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
         force=force, write_tflite_metadata=not no_tflite_metadata, fuse=not no_fuse,
         allow_partial_fusion=allow_partial_fusion, inline_functions=inline_functions,
     )
-    progress = _ConvertProgress(ctx.obj.get("quiet", False), [s.name for s in specs])
+    progress = _Bars(ctx.obj.get("quiet", False), _convert_stage([s.name for s in specs]))
     with progress.bar:
         results = run_convert(model, specs, out, opts, progress=progress)
     failed = [r for r in results if r.error]
@@ -247,6 +253,92 @@ def _print_convert_summary(results) -> None:
         fused = f"XCA fused {x['in_artifact']}/{x['expected']}" if x["enabled"] else "XCA not fused"
         click.echo(f"{r.target:14s} {r.path}  {size / 1e6:7.2f} MB  {fused}  cosine {c['cosine_mean']:.6f}  "
                    f"top-1 agreement {c['top1_agreement']:.3f} ({c['images']} images)  {verdict}")
+
+
+def _validate_stage(stage: str, done: int, total: int) -> str:
+    return {"calibration": "calibration images"}.get(stage, f"running {stage}")
+
+
+@main.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--source", help="The source model (SavedModel dir, archive, hub handle or arch name).")
+@click.option("--reference", type=click.Path(path_type=Path), help="Stored reference outputs (xcit-edge reference).")
+@click.option("--calibration", required=True, help="Images to validate on: 'sample', a folder, .npy/.npz, SUBSET@DIR.")
+@click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Labels for a plain image folder.")
+@click.option("--max-images", type=click.IntRange(min=1), help="Use at most this many images (spread over the set).")
+@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint, when --source is an architecture name.")
+@click.option("--no-localize", is_flag=True, help="Do not look for the first diverging XCA block of a failure.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Write report.md/.json/.html here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON on stdout.")
+@click.pass_context
+def validate(ctx, artifacts, source, reference, calibration, labels_file, max_images, weights, no_localize,
+             report_dir, as_json):
+    """Run ARTIFACTS (convert's output directories) against the source model; exit 1 if any misses its target."""
+    from xcit_edge.validate import ValidateOptions
+    from xcit_edge.validate import validate as run_validate
+
+    opts = ValidateOptions(source=source, reference=reference, calibration=calibration, labels_file=labels_file,
+                           max_images=max_images, weights=weights, localize=not no_localize)
+    progress = _Bars(ctx.obj.get("quiet", False), _validate_stage)
+    with progress.bar:
+        result = run_validate(list(artifacts), opts, progress=progress)
+    if report_dir:
+        from xcit_edge.report import write_report
+
+        write_report(result, report_dir)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print_validation(result, report_dir)
+    if not result.passed:
+        ctx.exit(1)
+
+
+def _print_validation(result, report_dir) -> None:
+    from xcit_edge.report import _failure_lines, _summary_lines, _table_rows
+
+    for line in _summary_lines(result):
+        click.echo(line)
+    head, rows = _table_rows(result)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    for r in [head, *rows]:
+        click.echo("  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)))
+    for a in result.artifacts:
+        if not a.passed:
+            for line in _failure_lines(a):
+                click.echo(f"FAIL {line}")
+    if report_dir:
+        click.echo(f"report: {Path(report_dir) / 'report.html'}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--calibration", required=True, help="Images: 'sample', a folder, .npy/.npz, SUBSET@DIR.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Reference file to write (.npz).")
+@click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Labels for a plain image folder.")
+@click.option("--max-images", type=click.IntRange(min=1), help="Use at most this many images (spread over the set).")
+@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint, when MODEL is an architecture name.")
+@click.option("--signature", help="SavedModel signature (default: serving_default or the only one).")
+@click.option("--output-key", help="Signature output, when there are several.")
+@click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
+@click.pass_context
+def reference(ctx, model, calibration, out, labels_file, max_images, weights, signature, output_key, as_json):
+    """Run MODEL on the calibration images and store its outputs for `validate --reference`."""
+    from xcit_edge.reference import compute_reference
+
+    progress = _Bars(ctx.obj.get("quiet", False), _validate_stage)
+    with progress.bar:
+        ref = compute_reference(model, calibration, labels_file=labels_file, max_images=max_images, weights=weights,
+                                signature=signature, output_key=output_key,
+                                progress=lambda d, n: progress("calibration", d, n))
+    ref.save(out)
+    info = {"path": str(out), "images": len(ref.names), "kind": ref.kind, "outputs": list(ref.outputs.shape),
+            "model_sha256": ref.model_sha256, "calibration_digest": ref.calibration_digest, **ref.provenance()}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        click.echo(f"wrote {out}: {info['images']} images, {ref.kind} {info['outputs']}, on {info['device']} "
+                   f"(TensorFlow {info['tensorflow']})")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,29 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_file(out: Path) -> Iterator[Path]:
+    """Yield a temp file path beside `out`; on success it replaces `out` in one rename, on failure it goes."""
+    out = Path(out)
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=parent)
+    except OSError as e:
+        raise UsageError(f"cannot write {out}: {e.strerror}") from e
+    os.close(fd)
+    tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)  # mkstemp makes 0600; the result should look like any file written here
+    try:
+        yield tmp
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _remove_empty(dirs: list[Path]) -> None:
     for d in reversed(dirs):
         with contextlib.suppress(OSError):

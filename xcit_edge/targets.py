@@ -21,7 +21,7 @@ QUANT_MODES = {
     "onnx": ("none", "qdq-static"),
     "openvino": ("none", "nncf"),
 }
-TOLERANCE_KEYS = ("min_cosine", "min_top1_agreement", "max_top1_drop")
+TOLERANCE_KEYS = ("min_cosine", "min_top1_agreement", "max_top1_drop", "min_nn_agreement")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
     convert(graph: PreparedGraph, spec: TargetSpec, calib: np.ndarray | None, workdir: Path) -> Conversion
     load(path: Path, spec: TargetSpec) -> a runnable session
     run(session, x: np.ndarray) -> np.ndarray      (batch in, float32 outputs out)
+    block_outputs(path: Path, spec, x) -> {block index: float32 output of that fused XCA block}
+                                                   (`validate` localizes a failure with it)
 
 `convert` writes its files into `workdir` (the artifact's temp directory); the caller adds
 the manifest and renames the directory into place.

@@ -197,3 +197,33 @@ def run(session, x: np.ndarray) -> np.ndarray:
     step = fixed if isinstance(fixed, int) and fixed > 0 else len(x)
     outs = [session.run(None, {name: x[i:i + step]})[0] for i in range(0, len(x), step)]
     return np.concatenate(outs).astype(np.float32)
+
+
+def block_outputs(path: Path, spec, x: np.ndarray) -> dict[int, np.ndarray]:
+    """The output of every fused XCA block for inputs `x` (`validate`'s localization): each block's
+    output tensor (an `XCA` call's output, or the tensor leaving an inlined block) becomes an extra
+    graph output of an in-memory copy, run in ONNX Runtime."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    tensors = _block_tensors(model)
+    for name in tensors.values():
+        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0].name
+    outs = session.run(list(tensors.values()), {feed: x})
+    return dict(zip(tensors, outs, strict=True))
+
+
+def _block_tensors(model) -> dict[int, str]:
+    from xcit_edge.backends.onnx_xca import DOMAIN, OP_TYPE
+    from xcit_edge.graph.xca import block_exits
+
+    def name(n) -> str:  # an XCA call is named `xcit_edge/xca_i`: the whole block in one node
+        return f"{n.name}/" if n.op_type == OP_TYPE and n.domain == DOMAIN else n.name
+
+    ops = [(name(n), n.op_type, list(n.input), list(n.output)) for n in model.graph.node]
+    return block_exits(ops, frozenset({"QuantizeLinear", "DequantizeLinear"}))

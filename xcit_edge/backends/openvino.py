@@ -17,7 +17,7 @@ import numpy as np
 
 from xcit_edge.backends import Conversion
 from xcit_edge.errors import ConversionError, XcitEdgeError
-from xcit_edge.graph.xca import count_blocks
+from xcit_edge.graph.xca import block_exits, count_blocks
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +99,37 @@ def run(compiled, x: np.ndarray) -> np.ndarray:
     req = compiled.create_infer_request()
     outs = [req.infer({0: x[i:i + step]})[compiled.outputs[0]].copy() for i in range(0, len(x), step)]
     return np.concatenate(outs).astype(np.float32)
+
+
+def block_outputs(path: Path, spec, x: np.ndarray) -> dict[int, np.ndarray]:
+    """The output of every fused XCA block for inputs `x` (`validate`'s localization): the op output
+    leaving each block (friendly names `xcit_edge/xca_i/...`) becomes an extra model output."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    def key(out) -> str:
+        return f"{out.get_node().get_friendly_name()}:{out.get_index()}"
+
+    ops, by_key = [], {}
+    for op in model.get_ordered_ops():
+        outs = list(op.outputs())
+        by_key.update({key(o): o for o in outs})
+        # NNCF's SmoothQuant scales a block's output per channel (folded into the next weights) under a
+        # name inside the block: that Multiply is the next layer's, or blocks would compare scaled values
+        name = "" if "nncf_smooth_quant" in op.get_friendly_name() else op.get_friendly_name()
+        ops.append((name, op.get_type_name(), [key(i.get_source_output()) for i in op.inputs()],
+                    [key(o) for o in outs]))
+    ports = {b: by_key[k] for b, k in block_exits(ops, frozenset({"FakeQuantize", "Convert"})).items()}
+    model.add_outputs(list(ports.values()))
+    precision = spec.options.get("inference_precision", "f32") if spec else "f32"
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    fixed = compiled.inputs[0].get_partial_shape()[0]
+    step = fixed.get_length() if fixed.is_static else len(x)
+    req = compiled.create_infer_request()
+    outs: dict[int, list] = {b: [] for b in ports}
+    for i in range(0, len(x), step):
+        res = req.infer({0: x[i:i + step]})
+        for k, b in enumerate(ports):
+            outs[b].append(res[compiled.outputs[1 + k]].copy())
+    return {b: np.concatenate(v).astype(np.float32) for b, v in sorted(outs.items())}

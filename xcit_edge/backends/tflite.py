@@ -22,7 +22,7 @@ import numpy as np
 
 from xcit_edge.backends import Conversion
 from xcit_edge.errors import ConversionError, XcitEdgeError
-from xcit_edge.graph.xca import count_blocks
+from xcit_edge.graph.xca import block_exits, count_blocks
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +150,38 @@ def run(interp, x: np.ndarray) -> np.ndarray:
             interp.allocate_tensors()
         interp.set_tensor(inp["index"], xi.astype(inp["dtype"]))
         interp.invoke()
-        y = interp.get_tensor(out["index"])
-        if out["dtype"] != np.float32:
-            scale, zero = out["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        outs.append(y.astype(np.float32))
+        outs.append(_dequantized(interp.get_tensor(out["index"]), out))
     return np.concatenate(outs)
 
 
 def _range(dtype) -> tuple[int, int]:
     info = np.iinfo(dtype)
     return info.min, info.max
+
+
+def block_outputs(path: Path, spec, x: np.ndarray) -> dict[int, np.ndarray]:
+    """The output of every fused XCA block for inputs `x` (`validate`'s localization): the tensor
+    leaving each block (names `xcit_edge/xca_i/...`), read with every intermediate tensor kept
+    (builtin kernels: XNNPACK would hide them) and dequantized when int8/int16."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    details = {t["index"]: t for t in interp.get_tensor_details()}
+    ops = [(";".join(details[o]["name"] for o in op["outputs"] if o in details), op["op_name"],
+            [str(i) for i in op["inputs"]], [str(o) for o in op["outputs"]]) for op in interp._get_ops_details()]
+    chosen = {b: int(t) for b, t in block_exits(ops, frozenset({"QUANTIZE", "DEQUANTIZE"})).items()}
+    outs: dict[int, list] = {b: [] for b in chosen}
+    for k in range(len(x)):
+        run(interp, x[k:k + 1])
+        for b, t in chosen.items():
+            outs[b].append(_dequantized(interp.get_tensor(t), details[t]))
+    return {b: np.concatenate(v) for b, v in sorted(outs.items())}
+
+
+def _dequantized(y: np.ndarray, detail: dict) -> np.ndarray:
+    if y.dtype in (np.float32, np.float16):
+        return y.astype(np.float32)
+    scale, zero = detail["quantization"]
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)

@@ -64,6 +64,34 @@ def count_blocks(names: Iterable[str]) -> int:
     return len({int(m.group(1)) for n in names for m in _BLOCK.finditer(n)})
 
 
+def block_exits(ops: Iterable[tuple[str, str, list[str], list[str]]],
+                transparent: frozenset[str] = frozenset()) -> dict[int, str]:
+    """The tensor leaving each fused block in a converted model (what `validate` compares).
+
+    `ops` are (name, op type, input tensors, output tensors) in execution order. A block's exit is
+    the tensor of its last producing op that an op outside the block reads. `transparent` op types
+    (quantize/dequantize) belong to no block: their outputs stand for their input, so a block
+    whose output goes through Q/DQ still exits at its own (last) tensor.
+    """
+    member: dict[str, tuple[int, int, str]] = {}  # tensor -> (block, producer position, block tensor)
+    exits: dict[int, tuple[int, str]] = {}
+    for pos, (name, kind, inputs, outputs) in enumerate(ops):
+        if kind in transparent:
+            src = next((member[i] for i in inputs if i in member), None)
+            if src is not None:
+                member.update(dict.fromkeys(outputs, src))
+            continue
+        b = block_of(name)
+        for i in inputs:
+            if i in member and member[i][0] != b:
+                blk, at, tensor = member[i]
+                if blk not in exits or exits[blk][0] < at:
+                    exits[blk] = (at, tensor)
+        if b is not None:
+            member.update({o: (b, pos, o) for o in outputs})
+    return {b: t for b, (_, t) in sorted(exits.items())}
+
+
 @dataclass
 class _Site:
     """One XCA found structurally, with what the probe needs to verify it."""
@@ -343,7 +371,7 @@ def _probe_input(shape: list[int | None], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal([batch, *shape[1:]]).astype(np.float32)
 
 
-def _run(graph_def, input_tensor: str, x: np.ndarray, fetches: list[str]) -> list[np.ndarray]:
+def run_graph(graph_def, input_tensor: str, x: np.ndarray, fetches: list[str]) -> list[np.ndarray]:
     import tensorflow as tf
 
     graph = tf.Graph()
@@ -389,7 +417,7 @@ def fuse_xca(graph_def, input_tensor: str, input_shape: list[int | None], output
         return graph_def, report
     probe = _probe_input(input_shape)
     fetch = [f"{n}:0" for s in ready for n in (s.x, s.gram, s.z)] + [output_tensor]
-    values = _run(graph_def, input_tensor, probe, fetch)
+    values = run_graph(graph_def, input_tensor, probe, fetch)
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
     fused = 0
@@ -404,7 +432,7 @@ def fuse_xca(graph_def, input_tensor: str, input_shape: list[int | None], output
     if not fused:
         return graph_def, report
     out = graph_util.extract_sub_graph(out, [_base(output_tensor)])
-    (after,) = _run(out, input_tensor, probe, [output_tensor])
+    (after,) = run_graph(out, input_tensor, probe, [output_tensor])
     report.max_rel_err = rel_max_err(after, values[-1])
     if report.max_rel_err > 1e-5:
         log.warning("XCA fusion changed the output by %.2g (relative); graph left unfused", report.max_rel_err)

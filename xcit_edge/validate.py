@@ -1,0 +1,328 @@
+"""`xcit-edge validate`: run each artifact in its own runtime against the source model, give a verdict.
+
+Flow (Optimum's exporter validation, extended to statistics over a calibration set):
+open every artifact (manifest read, file hashes checked, runtime loads it) -> decode the
+calibration images once with the preprocessing the artifacts record -> reference outputs,
+from the source SavedModel (`--source`) or a stored reference file (`--reference`, refused
+when its model or images differ) -> each artifact on the same inputs, one image per call
+(latency at batch 1) -> metrics and the target's tolerances -> for a failing artifact,
+the first diverging XCA block (`localize.py`) -> optional report (`report.py`).
+
+Exit codes: 0 every artifact passes, 1 some fail, 2 bad input (`UsageError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from xcit_edge.artifact import LABELS_FILE, read_manifest
+from xcit_edge.backends import backend
+from xcit_edge.calibration import CalibrationSet, load_calibration
+from xcit_edge.errors import UsageError
+from xcit_edge.fsutil import sha256_file, sha256_tree
+from xcit_edge.metrics import agreement, cosine, failures, kl_divergence
+from xcit_edge.preprocessing import Preprocessing
+from xcit_edge.reference import Reference, load_reference, reference_from_graph
+from xcit_edge.targets import TargetSpec, all_targets
+
+log = logging.getLogger(__name__)
+
+MAX_LABELS_BYTES = 1 << 20
+WORST_IMAGES = 8
+
+# progress(stage, done, total): stages "calibration", "reference" and each artifact's target name
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ValidateOptions:
+    source: str | None = None
+    reference: Path | None = None
+    calibration: str | None = None
+    labels_file: Path | None = None
+    max_images: int | None = None
+    weights: Path | None = None
+    localize: bool = True
+
+
+@dataclass
+class OpenArtifact:
+    """An artifact directory whose files match its manifest, loaded in its runtime."""
+
+    path: Path
+    manifest: dict
+    spec: TargetSpec
+    module: ModuleType
+    session: object
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["io"]["output"].get("kind", "logits")
+
+    def inputs(self, cal: CalibrationSet, pre: Preprocessing) -> np.ndarray:
+        """The calibration images in this artifact's input contract (baked uint8, or float NHWC/NCHW)."""
+        baked = bool(self.manifest["preprocessing"].get("baked_into_model"))
+        x = cal.model_ready(pre, baked)
+        if not baked and self.manifest["io"]["input"].get("layout") == "NCHW":
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return x
+
+
+@dataclass
+class ArtifactValidation:
+    target: str
+    path: Path
+    spec: TargetSpec
+    metrics: dict
+    failures: list[str]
+    latency_ms: dict
+    outputs: np.ndarray | None
+    worst: list[dict] = field(default_factory=list)
+    per_class: list[dict] = field(default_factory=list)
+    localization: dict | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "path": str(self.path), "backend": self.spec.backend,
+                "precision": self.spec.precision, "passed": self.passed, "failures": self.failures,
+                "tolerances": self.spec.tolerances, "metrics": self.metrics, "latency_ms": self.latency_ms,
+                "worst_images": self.worst, "per_class": self.per_class, "localization": self.localization}
+
+
+@dataclass
+class Validation:
+    """Everything `validate` found; `report.py` renders it, `--json` prints `to_dict()`."""
+
+    artifacts: list[ArtifactValidation]
+    reference: dict
+    calibration: dict
+    kind: str
+    class_names: list[str] | None
+    names: list[str]
+    labels: np.ndarray | None
+    ref_outputs: np.ndarray
+
+    @property
+    def passed(self) -> bool:
+        return all(a.passed for a in self.artifacts)
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "kind": self.kind, "reference": self.reference,
+                "calibration": self.calibration, "artifacts": [a.to_dict() for a in self.artifacts]}
+
+
+def _spec(manifest: dict, where: Path) -> TargetSpec:
+    """The shipped spec of the manifest's target: tolerances come from the package, never from the
+    (untrusted, editable) manifest."""
+    target = manifest.get("target")
+    name = target.get("name") if isinstance(target, dict) else None
+    known = all_targets()
+    if name not in known:
+        raise UsageError(f"{where}: manifest names an unknown target {name!r} (known: {', '.join(known)})")
+    return known[name]
+
+
+def _check_files(where: Path, manifest: dict) -> None:
+    entries = manifest.get("artifact", {}).get("files", [])
+    if not isinstance(entries, list) or not entries:
+        raise UsageError(f"{where}: manifest lists no files")
+    for e in entries:
+        name = str(e.get("file", "")) if isinstance(e, dict) else ""
+        if not name or Path(name).name != name:
+            raise UsageError(f"{where}: manifest lists a file outside the artifact ({name!r})")
+        if not (where / name).is_file():
+            raise UsageError(f"{where}: {name} is missing")
+        if sha256_file(where / name) != e.get("sha256"):
+            raise UsageError(f"{where}: {name} does not match its manifest (sha256 differs): corrupt or modified")
+
+
+def open_artifact(path: Path) -> OpenArtifact:
+    """Open an artifact directory (or its model file): manifest, file hashes, then its runtime."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"artifact not found: {path}")
+    where = path if path.is_dir() else path.parent
+    manifest = read_manifest(where)
+    spec = _spec(manifest, where)
+    _check_files(where, manifest)
+    mod = backend(spec.backend)
+    try:
+        session = mod.load(where / spec.file, spec)
+    except Exception as e:  # each runtime has its own exception types for a model it refuses
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{where}: {spec.backend} cannot load {spec.file} ({first})") from e
+    return OpenArtifact(where, manifest, spec, mod, session)
+
+
+def _class_names(art: OpenArtifact) -> list[str] | None:
+    path = art.path / LABELS_FILE
+    if not path.is_file() or path.stat().st_size > MAX_LABELS_BYTES:
+        return None
+    return [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+
+
+def _common(arts: list[OpenArtifact]) -> tuple[str, Preprocessing]:
+    """The source hash and preprocessing every artifact shares (one reference serves them all)."""
+    first = arts[0].manifest
+    pre = {k: v for k, v in first["preprocessing"].items() if k not in ("origin", "baked_into_model")}
+    for a in arts[1:]:
+        other = {k: v for k, v in a.manifest["preprocessing"].items() if k not in ("origin", "baked_into_model")}
+        if a.manifest["source"].get("sha256") != first["source"].get("sha256") or other != pre:
+            raise UsageError(f"{a.path} and {arts[0].path} come from different models or preprocessing; "
+                             "validate them separately")
+    return str(first["source"].get("sha256", "")), Preprocessing.from_dict(pre)
+
+
+def _reference_from_source(opts: ValidateOptions, arts: list[OpenArtifact], pre: Preprocessing, sha: str,
+                           cal_loader) -> tuple[Reference, CalibrationSet, object]:
+    from xcit_edge.graph import prepare
+    from xcit_edge.source import resolve
+
+    src = resolve(opts.source, weights=opts.weights)
+    m = arts[0].manifest["source"]
+    graph = prepare(src.path, signature=m.get("signature"), output_key=m.get("output_key"), preprocessing=pre,
+                    allow_unknown=True, fuse=False)
+    src_sha = sha256_tree(src.path)
+    if src_sha != sha:
+        log.warning("%s is not the model the artifacts were converted from (sha256 %s…, manifest %s…); "
+                    "comparing anyway", opts.source, src_sha[:12], sha[:12])
+    cal = cal_loader(graph.labels)
+    return reference_from_graph(graph, cal, src_sha, src.ref), cal, graph
+
+
+def _reference_from_file(opts: ValidateOptions, pre: Preprocessing, sha: str,
+                         cal_loader) -> tuple[Reference, CalibrationSet]:
+    ref = load_reference(opts.reference)
+    if ref.model_sha256 != sha:
+        raise UsageError(f"{opts.reference}: reference computed from another model (sha256 {ref.model_sha256[:12]}…, "
+                         f"the artifacts come from {sha[:12]}…)")
+    cal = cal_loader(None)
+    if cal.images_digest != ref.calibration_digest or len(cal) != len(ref.names):
+        raise UsageError(f"{opts.reference}: reference computed on other images ({len(ref.names)} images, digest "
+                         f"{ref.calibration_digest[:12]}…; --calibration gives {len(cal)}, {cal.images_digest[:12]}…)")
+    if cal.labels is not None and ref.labels is not None and not np.array_equal(cal.labels, ref.labels):
+        raise UsageError(f"{opts.reference}: labels differ from the calibration data's labels")
+    if cal.labels is None:
+        cal.labels = ref.labels
+    return ref, cal
+
+
+def _run_timed(art: OpenArtifact, x: np.ndarray, progress: Progress | None) -> tuple[np.ndarray, dict]:
+    """One image per call (what an app does), after one warm-up call; latency median and p90 in ms."""
+    art.module.run(art.session, x[:1])
+    outs, times = [], []
+    for i in range(len(x)):
+        t0 = time.perf_counter()
+        outs.append(art.module.run(art.session, x[i:i + 1]))
+        times.append(time.perf_counter() - t0)
+        if progress:
+            progress(art.spec.name, i + 1, len(x))
+    ms = np.array(times) * 1e3
+    return np.concatenate(outs), {"median": float(np.median(ms)), "p90": float(np.percentile(ms, 90)),
+                                  "batch": 1, "images": len(x)}
+
+
+def _worst(out: np.ndarray, ref: np.ndarray, idx: list[int], names: list[str], labels, kind: str,
+           class_names: list[str] | None) -> list[dict]:
+    def cls(i: int) -> str:
+        return class_names[i] if class_names and 0 <= i < len(class_names) else str(i)
+
+    cos = cosine(out[idx], ref[idx])
+    rows = []
+    for k, i in enumerate(idx):
+        row = {"image": names[i], "cosine": float(cos[k])}
+        if kind == "logits":
+            row.update(kl=float(kl_divergence(out[i:i + 1], ref[i:i + 1])[0]),
+                       reference_top1=cls(int(ref[i].argmax())), artifact_top1=cls(int(out[i].argmax())))
+            if labels is not None:
+                row["label"] = cls(int(labels[i]))
+        rows.append(row)
+    return rows
+
+
+def _per_class(out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None,
+               class_names: list[str] | None) -> list[dict]:
+    if labels is None or out.ndim != 2:
+        return []
+    rows = []
+    for c in np.unique(labels):
+        m = labels == c
+        acc, ref_acc = float((out[m].argmax(-1) == c).mean()), float((ref[m].argmax(-1) == c).mean())
+        name = class_names[c] if class_names and c < len(class_names) else str(int(c))
+        rows.append({"class": name, "images": int(m.sum()), "reference_accuracy": ref_acc, "accuracy": acc,
+                     "drop": 100.0 * (ref_acc - acc)})
+    return rows
+
+
+def validate_one(art: OpenArtifact, x: np.ndarray, ref: Reference, labels: np.ndarray | None, names: list[str],
+                 class_names: list[str] | None, progress: Progress | None = None) -> ArtifactValidation:
+    """Run one artifact on `x` and hold it to its target's tolerances against `ref`."""
+    want = art.manifest["io"]["output"].get("shape", [])
+    if want and want[-1] not in (-1, ref.outputs.shape[-1]):
+        raise UsageError(f"{art.path}: outputs {want[-1]} values per image, the reference {ref.outputs.shape[-1]}: "
+                         "not the model this artifact came from")
+    try:
+        out, latency = _run_timed(art, x, progress)
+    except Exception as e:  # noqa: BLE001 - a runtime failure is this artifact's verdict, not the run's
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        return ArtifactValidation(art.spec.name, art.path, art.spec, {}, [f"does not run: {first}"], {}, None)
+    m = agreement(out, ref.outputs, labels, kind=art.kind, worst=WORST_IMAGES)
+    worst = _worst(out, ref.outputs, m.pop("worst"), names, labels, art.kind, class_names)
+    return ArtifactValidation(art.spec.name, art.path, art.spec, m, failures(m, art.spec.tolerances), latency, out,
+                              worst, _per_class(out, ref.outputs, labels, class_names))
+
+
+def validate(artifacts: list[Path], opts: ValidateOptions, progress: Progress | None = None) -> Validation:
+    """Validate every artifact against the source model or a reference file (see the module doc)."""
+    if not artifacts:
+        raise UsageError("no artifacts to validate")
+    if (opts.source is None) == (opts.reference is None):
+        raise UsageError("give exactly one of --source MODEL and --reference REF.npz")
+    if not opts.calibration:
+        raise UsageError("--calibration is required (the images to validate on)")
+    arts = [open_artifact(p) for p in artifacts]
+    sha, pre = _common(arts)
+    class_names = _class_names(arts[0])
+
+    def cal_loader(model_labels):
+        cb = (lambda d, n: progress("calibration", d, n)) if progress else None
+        return load_calibration(opts.calibration, pre, class_names=class_names or model_labels,
+                                labels_file=opts.labels_file, limit=opts.max_images, progress=cb)
+
+    graph = None
+    if opts.source is not None:
+        ref, cal, graph = _reference_from_source(opts, arts, pre, sha, cal_loader)
+        ref_info = {"from": "source", "model": opts.source, "sha256": ref.model_sha256, **ref.provenance()}
+    else:
+        ref, cal = _reference_from_file(opts, pre, sha, cal_loader)
+        ref_info = {"from": "file", "file": str(opts.reference), "model": ref.meta.get("model"),
+                    "sha256": ref.model_sha256, **ref.provenance()}
+    results = []
+    for art in arts:
+        log.info("validating %s on %d images", art.spec.name, len(cal))
+        res = validate_one(art, art.inputs(cal, pre), ref, cal.labels, cal.names, class_names, progress)
+        if not res.passed and res.outputs is not None and opts.localize:
+            res.localization = _localize(graph, art, cal, pre)
+        results.append(res)
+    calib = {"source": cal.source, "images": len(cal), "digest": cal.images_digest, "labels": cal.labels is not None,
+             "skipped": [{"image": n, "why": w} for n, w in cal.skipped]}
+    return Validation(results, ref_info, calib, arts[0].kind, class_names, cal.names, cal.labels, ref.outputs)
+
+
+def _localize(graph, art: OpenArtifact, cal: CalibrationSet, pre: Preprocessing) -> dict:
+    """The first XCA block whose output leaves the source's (needs the source graph, not a file)."""
+    if graph is None:
+        return {"status": "unavailable", "why": "localization runs the source model: use --source"}
+    from xcit_edge.localize import localize
+
+    return localize(graph.source, art, cal, pre)
