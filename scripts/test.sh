@@ -7,5 +7,13 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
 .venv/bin/python -m pip install --quiet --no-deps -r requirements-foreign.txt
+# The HTML report test opens the report in headless Chromium (Debian's package); installed when missing.
+if ! command -v chromium >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+    export DEBIAN_FRONTEND=noninteractive
+    { $SUDO apt-get install -y -qq chromium >/dev/null 2>&1 \
+        || { $SUDO apt-get update -qq >/dev/null 2>&1 && $SUDO apt-get install -y -qq chromium >/dev/null 2>&1; }; } \
+        || echo "note: could not install chromium; the HTML report test will be skipped" >&2
+fi
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"

@@ -7,7 +7,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import contextlib
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 # torch (the test-only reference) must be loaded before TensorFlow: the other order
@@ -20,13 +22,69 @@ from xcit_edge.tfimport import import_tensorflow_quietly
 
 import_tensorflow_quietly()
 
+from xcit_edge.synthetic import make_images  # noqa: E402
 from xcit_edge.timm_ref import images, rel_max_err, seeded_timm_model, timm_forward  # noqa: E402, F401
+from xcit_edge.zoo import FIXTURE  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own model cache, so nothing leaks between tests or into ~."""
     monkeypatch.setenv("XCIT_EDGE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+FIXTURE_WEIGHTS = Path(__file__).parent / "fixtures" / f"{FIXTURE.name}.safetensors"
+
+
+@pytest.fixture(scope="session")
+def timm_fixture():
+    """The trained fixture in timm (the independent reference for it)."""
+    pytest.importorskip("timm")
+    from safetensors.torch import load_file
+    from timm.models.xcit import Xcit
+
+    c = FIXTURE
+    model = Xcit(img_size=c.img_size, patch_size=c.patch_size, embed_dim=c.embed_dim, depth=c.depth,
+                 num_heads=c.num_heads, num_classes=c.num_classes, eta=c.eta, tokens_norm=c.tokens_norm)
+    model.load_state_dict(load_file(FIXTURE_WEIGHTS))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def fixture_dir(tmp_path_factory):
+    """The trained fixture as our SavedModel."""
+    from xcit_edge.build import build
+
+    out = tmp_path_factory.mktemp("fx") / "fixture"
+    build(FIXTURE.name, out, weights=FIXTURE_WEIGHTS)
+    return out
+
+
+@pytest.fixture(scope="session")
+def held_out():
+    """Images the fixture never saw (training used seed 1, its validation seed 2)."""
+    pixels, labels = make_images(300, FIXTURE.img_size, seed=11)
+    return pixels, labels
+
+
+@pytest.fixture(scope="session")
+def calib_npz(tmp_path_factory):
+    """200 labelled calibration images (seed 10), as convert takes them."""
+    pixels, labels = make_images(200, FIXTURE.img_size, seed=10)
+    path = tmp_path_factory.mktemp("cal") / "calib.npz"
+    np.savez(path, images=pixels, labels=labels)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixture_artifacts(fixture_dir, calib_npz, tmp_path_factory):
+    """The fixture converted to every target, once per test session (convert's --json entries by target)."""
+    import json
+
+    out = tmp_path_factory.mktemp("art") / "out"
+    res = run("--quiet", "convert", fixture_dir, "--target", "all", "--out", out, "--calibration", calib_npz, "--json")
+    assert res.exit_code == 0, res.output
+    return {a["target"]: a for a in json.loads(res.stdout)["artifacts"]}
 
 
 def run(*args):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import images, one_line_error, run, timm_forward
+from conftest import FIXTURE_WEIGHTS, images, one_line_error, run, timm_forward
 
 from xcit_edge.backends import backend
 from xcit_edge.build import build
@@ -14,57 +14,14 @@ from xcit_edge.calibration import normalize
 from xcit_edge.fsutil import sha256_file
 from xcit_edge.metrics import agreement
 from xcit_edge.preprocessing import timm_default
-from xcit_edge.synthetic import CLASSES, make_images
+from xcit_edge.synthetic import CLASSES
 from xcit_edge.targets import all_targets
 from xcit_edge.zoo import FIXTURE
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
-FIXTURE_WEIGHTS = Path(__file__).parent / "fixtures" / f"{FIXTURE.name}.safetensors"
 PRE = timm_default(FIXTURE.img_size)
-
-
-@pytest.fixture(scope="module")
-def timm_fixture():
-    from safetensors.torch import load_file
-    from timm.models.xcit import Xcit
-
-    c = FIXTURE
-    model = Xcit(img_size=c.img_size, patch_size=c.patch_size, embed_dim=c.embed_dim, depth=c.depth,
-                 num_heads=c.num_heads, num_classes=c.num_classes, eta=c.eta, tokens_norm=c.tokens_norm)
-    model.load_state_dict(load_file(FIXTURE_WEIGHTS))
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def fixture_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fx") / "fixture"
-    build(FIXTURE.name, out, weights=FIXTURE_WEIGHTS)
-    return out
-
-
-@pytest.fixture(scope="module")
-def held_out():
-    """Images the fixture never saw (training used seed 1, its validation seed 2)."""
-    pixels, labels = make_images(300, FIXTURE.img_size, seed=11)
-    return pixels, labels
-
-
-@pytest.fixture(scope="module")
-def calib_npz(tmp_path_factory):
-    pixels, labels = make_images(200, FIXTURE.img_size, seed=10)
-    path = tmp_path_factory.mktemp("cal") / "calib.npz"
-    np.savez(path, images=pixels, labels=labels)
-    return path
-
-
-@pytest.fixture(scope="module")
-def fixture_artifacts(fixture_dir, calib_npz, tmp_path_factory):
-    out = tmp_path_factory.mktemp("art") / "out"
-    res = run("--quiet", "convert", fixture_dir, "--target", "all", "--out", out, "--calibration", calib_npz, "--json")
-    assert res.exit_code == 0, res.output
-    return {a["target"]: a for a in json.loads(res.stdout)["artifacts"]}
 
 
 def run_artifact(entry: dict, x: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ def test_shipped_specs():
     specs = all_targets()
     assert {"tflite-int8", "tflite-fp16", "onnx", "openvino"} <= set(specs)
     for spec in specs.values():
-        assert set(spec.tolerances) == {"min_cosine", "min_top1_agreement", "max_top1_drop"}
+        assert set(spec.tolerances) == {"min_cosine", "min_top1_agreement", "max_top1_drop", "min_nn_agreement"}
     assert specs["tflite-int8"].quantized and not specs["onnx"].quantized
 
 
