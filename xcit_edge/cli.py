@@ -209,12 +209,14 @@ def _convert_stage(targets: list[str]):
 @click.option("--allow-partial-fusion", is_flag=True, help="Accept fewer fused XCA blocks than the model's depth.")
 @click.option("--inline-functions", is_flag=True, help="ONNX: expand the XCA functions (for readers without "
               "model-local function support, e.g. OpenVINO's ONNX frontend).")
+@click.option("--max-drop", type=click.FloatRange(min=0), help="int8 targets: keep layers in float until the top-1 "
+              "drop on the calibration images is at most this many points (else the target fails).")
 @click.option("--force", is_flag=True, help="Replace artifacts in a non-empty --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print {\"artifacts\": [...]} as JSON on stdout.")
 @click.pass_context
 def convert(ctx, model, target, out, calibration, labels_file, calibration_images, bake_preprocessing, signature,
             output_key, input_size, mean, std, interpolation, crop_pct, weights, allow_unknown_model,
-            no_tflite_metadata, no_fuse, allow_partial_fusion, inline_functions, force, as_json):
+            no_tflite_metadata, no_fuse, allow_partial_fusion, inline_functions, max_drop, force, as_json):
     """Convert MODEL (SavedModel dir, archive, hub handle or arch name) to TFLite, ONNX and OpenVINO."""
     from xcit_edge.convert import ConvertOptions
     from xcit_edge.convert import convert as run_convert
@@ -227,7 +229,7 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
         preprocessing=_preprocessing_override(input_size, mean, std, interpolation, crop_pct),
         bake_preprocessing=bake_preprocessing, allow_unknown_model=allow_unknown_model, weights=weights,
         force=force, write_tflite_metadata=not no_tflite_metadata, fuse=not no_fuse,
-        allow_partial_fusion=allow_partial_fusion, inline_functions=inline_functions,
+        allow_partial_fusion=allow_partial_fusion, inline_functions=inline_functions, max_drop=max_drop,
     )
     progress = _Bars(ctx.obj.get("quiet", False), _convert_stage([s.name for s in specs]))
     with progress.bar:
@@ -251,6 +253,9 @@ def _print_convert_summary(results) -> None:
         verdict = "ok" if not c["failures"] else "CHECK: " + "; ".join(c["failures"])
         x = r.manifest["xca"]
         fused = f"XCA fused {x['in_artifact']}/{x['expected']}" if x["enabled"] else "XCA not fused"
+        if md := r.manifest.get("max_drop"):
+            verdict += (f"  drop {md['measured_drop']:.2f} <= {md['max_drop']:g} ({len(md['kept_nodes'])} layers kept "
+                        f"in float, {md['method']})")
         click.echo(f"{r.target:14s} {r.path}  {size / 1e6:7.2f} MB  {fused}  cosine {c['cosine_mean']:.6f}  "
                    f"top-1 agreement {c['top1_agreement']:.3f} ({c['images']} images)  {verdict}")
 

@@ -27,6 +27,7 @@ from xcit_edge.errors import ConversionError, UsageError, XcitEdgeError
 from xcit_edge.fsutil import atomic_dir, check_output_dir, sha256_tree
 from xcit_edge.graph import PreparedGraph, prepare
 from xcit_edge.metrics import agreement, failures
+from xcit_edge.precision import DropCheck, convert_within_drop
 from xcit_edge.preprocessing import Preprocessing
 from xcit_edge.source import resolve
 from xcit_edge.targets import TargetSpec
@@ -61,6 +62,7 @@ class ConvertOptions:
     fuse: bool = True
     allow_partial_fusion: bool = False
     inline_functions: bool = False
+    max_drop: float | None = None  # int8 targets: keep layers in float until the top-1 drop is at most this
 
 
 @dataclass
@@ -78,7 +80,7 @@ class ArtifactResult:
         return {"target": self.target, "path": str(self.path), "manifest": str(self.path / "manifest.json"),
                 "files": self.manifest["artifact"]["files"], "check": self.manifest["check"],
                 "kept_float": self.manifest["kept_float"], "seconds": self.manifest["conversion_seconds"],
-                "xca_fused": self.manifest["xca"]["in_artifact"]}
+                "xca_fused": self.manifest["xca"]["in_artifact"], "max_drop": self.manifest.get("max_drop")}
 
 
 def _calibration(graph: PreparedGraph, targets: list[TargetSpec], opts: ConvertOptions,
@@ -126,13 +128,19 @@ def _tflite_metadata(workdir: Path, spec: TargetSpec, graph: PreparedGraph, opts
 
 
 def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, calib_inputs: np.ndarray,
-                 ref: np.ndarray, source_info: dict, out: Path, opts: ConvertOptions) -> ArtifactResult:
+                 ref: np.ndarray, source_info: dict, out: Path, opts: ConvertOptions,
+                 drop_check: DropCheck | None) -> ArtifactResult:
     mod = backend(spec.backend)
     dest = out / spec.name
     with atomic_dir(dest, force=True) as tmp:
         t0 = time.perf_counter()
+        max_drop = None
         try:
-            conv = mod.convert(graph, spec, calib_inputs if spec.quantized else None, tmp)
+            if drop_check is not None and spec.quantized:
+                conv, spec, max_drop = convert_within_drop(mod, spec, graph, calib_inputs, tmp, opts.max_drop,
+                                                           drop_check)
+            else:
+                conv = mod.convert(graph, spec, calib_inputs if spec.quantized else None, tmp)
             seconds = time.perf_counter() - t0
             extra = _write_labels(tmp, graph.labels)
             meta = _tflite_metadata(tmp, spec, graph, opts)
@@ -164,6 +172,7 @@ def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, ca
             "tflite_metadata": meta,
             "conversion_seconds": round(seconds, 2),
             "kept_float": conv.kept_float,
+            "max_drop": max_drop,
             "rewrites": graph.rewrites,
             "xca": xca,
             "backend_details": conv.details,
@@ -216,7 +225,13 @@ def convert(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptio
     targets = [_with_options(t, opts) for t in targets]
     cal = _calibration(graph, targets, opts, progress)
     calib_inputs = graph.model_input(cal.model_ready(graph.preprocessing, graph.baked))
-    ref = graph.run(calib_inputs[:CHECK_IMAGES])
+    drop_check = None
+    if opts.max_drop is not None and any(t.quantized for t in targets):
+        full = graph.run(calib_inputs)
+        drop_check = DropCheck(calib_inputs, full, cal.labels)
+        ref = full[:CHECK_IMAGES]
+    else:
+        ref = graph.run(calib_inputs[:CHECK_IMAGES])
     source_info = {"model": src.ref, "kind": src.kind, "path": str(src.path), "sha256": sha256_tree(src.path),
                    "arch": graph.arch, "arch_origin": graph.arch_origin, "signature": graph.signature_key,
                    "output_key": graph.output_key}
@@ -226,7 +241,7 @@ def convert(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptio
             progress("target", i, len(targets))
         log.info("converting to %s", spec.name)
         try:
-            results.append(_convert_one(spec, graph, cal, calib_inputs, ref, source_info, out, opts))
+            results.append(_convert_one(spec, graph, cal, calib_inputs, ref, source_info, out, opts, drop_check))
         except ConversionError as e:  # this target failed; the others may not
             log.error("%s", e)
             results.append(ArtifactResult(spec.name, out / spec.name, {}, error=str(e)))

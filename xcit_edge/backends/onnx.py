@@ -77,6 +77,10 @@ class _Reader:
         item = next(self._it, None)
         return None if item is None else {"input": item[None]}
 
+    def __iter__(self):  # qdq_loss_debug.collect_activations iterates the reader
+        while (item := self.get_next()) is not None:
+            yield item
+
 
 def float_nodes(model) -> list[str]:
     """Op types (with counts) computing in float: in QDQ form a node runs in int8 only when a
@@ -95,26 +99,60 @@ def float_nodes(model) -> list[str]:
 def _quantize_qdq(src: Path, dst: Path, calib: np.ndarray, spec) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     keep = set(spec.quantization.get("keep_float", []))
-    pre = src.with_name("pre.onnx")
-    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    keep_nodes = list(spec.quantization.get("keep_nodes", []))  # convert --max-drop's choice of nodes
+    pre = _preprocessed(src)
     op_types = sorted({n.op_type for n in onnx.load(str(pre)).graph.node} - keep)
     quantize_static(
         str(pre), str(dst), _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types,
-        calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=keep_nodes, calibrate_method=CalibrationMethod.MinMax,
     )
     pre.unlink()
     model = onnx.load(str(dst))
-    if unwrapped := _unwrap_float_ops(model, keep):
+    if unwrapped := _unwrap_float_ops(model, keep, set(keep_nodes)):
         log.info("%s: %d excluded nodes unwrapped from their output QDQ pair", spec.name, unwrapped)
         onnx.save(model, str(dst))
 
 
-def _unwrap_float_ops(model, keep: set[str]) -> int:
-    """Drop the Quantize/Dequantize pair after every node of a `keep` op type.
+def _preprocessed(src: Path) -> Path:
+    """ONNX Runtime's quantization pre-processing (shape inference, graph cleanup) beside `src`."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = src.with_name(src.stem + ".pre.onnx")
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    return pre
+
+
+def rank_nodes(graph, spec, calib: np.ndarray, workdir: Path) -> list[str]:
+    """Quantized nodes, worst first, by ONNX Runtime's QDQ debugging tools (`qdq_loss_debug`): each
+    activation's signal-to-quantization-noise ratio (its float value in the QDQ model vs the same value
+    quantized and dequantized), lowest first. The order `convert --max-drop` excludes nodes in
+    (`nodes_to_exclude`)."""
+    import onnx
+    from onnxruntime.quantization import qdq_loss_debug as qdq
+
+    fp32, qdq_path = workdir / "rank-fp32.onnx", workdir / "rank-qdq.onnx"
+    onnx.save(to_onnx(graph, int(spec.options.get("opset", 17))), str(fp32))
+    try:
+        _quantize_qdq(fp32, qdq_path, calib, spec)
+        aug = workdir / "rank-aug.onnx"
+        qdq.modify_model_output_intermediate_tensors(str(qdq_path), str(aug))
+        pairs = qdq.create_activation_matching(qdq.collect_activations(str(aug), _Reader(calib)))
+        producer = {o: n.name for n in onnx.load(str(qdq_path)).graph.node for o in n.output}
+        sqnr = qdq.compute_signal_to_quantization_noice_ratio
+        with np.errstate(all="ignore"):  # all-zero activations give 0/0 (NaN): ranked last
+            scored = [(producer[t], sqnr(m["pre_qdq"], m["post_qdq"])) for t, m in pairs.items()
+                      if t in producer and m.get("pre_qdq") and m.get("post_qdq")]
+        return list(dict.fromkeys(name for name, _ in sorted(scored, key=lambda t: (np.isnan(t[1]), t[1]))))
+    finally:
+        for f in workdir.glob("rank-*"):
+            f.unlink()
+
+
+def _unwrap_float_ops(model, keep: set[str], keep_nodes: frozenset[str] | set[str] = frozenset()) -> int:
+    """Drop the Quantize/Dequantize pair after every node of a `keep` op type (or named in `keep_nodes`).
 
     ORT's QDQ quantizer leaves an excluded node unquantized but still wraps it when its
     neighbours are quantized (DQ -> node -> Q), and ONNX Runtime then fuses that into the
@@ -130,7 +168,7 @@ def _unwrap_float_ops(model, keep: set[str]) -> int:
             consumers.setdefault(i, []).append(n)
     drop, done = set(), 0
     for n in nodes:
-        if n.op_type not in keep:
+        if n.op_type not in keep and n.name not in keep_nodes:
             continue
         for out in n.output:
             for q in [c for c in consumers.get(out, []) if c.op_type == "QuantizeLinear"]:

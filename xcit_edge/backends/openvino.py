@@ -65,18 +65,45 @@ def float_compute_ops(model) -> list[str]:
 
 
 def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
-    import openvino as ov
-
     # int8 IRs get a static batch of 1: with a dynamic batch the CPU plugin's low-precision
     # transformations fail on the class-attention reshape (ReshapeTransformation, OpenVINO 2026.4:
     # measured on nano).
     model = to_openvino(graph, batch=1 if spec.mode == "nncf" else None)
-    kept: list[str] = []
     if spec.mode == "nncf":
         if calib is None or not len(calib):
             raise XcitEdgeError(f"{spec.name} needs calibration data (--calibration)")
         model = _nncf_quantize(model, calib, spec)
-        kept = float_compute_ops(model)
+    return _save(model, spec, workdir)
+
+
+def convert_within_drop(graph, spec, calib: np.ndarray, targets: np.ndarray, max_drop: float,
+                        workdir: Path) -> Conversion:
+    """`convert --max-drop` for NNCF targets: `nncf.quantize_with_accuracy_control` quantizes, then
+    reverts the quantized layers that cost most accuracy to float until the top-1 accuracy on
+    (`calib`, `targets`) is within `max_drop` points of the float model's (NNCF ranks and reverts)."""
+    import nncf
+
+    model = to_openvino(graph, batch=1)
+    keep = list(spec.quantization.get("keep_float", []))
+
+    def top1(compiled, items) -> float:
+        return float(np.mean([int(np.argmax(compiled(x)[0]) == t) for x, t in items]))
+
+    kwargs = {"ignored_scope": nncf.IgnoredScope(types=keep)} if keep else {}
+    data = list(calib[:, None])
+    with contextlib.redirect_stdout(io.StringIO()) as captured:
+        quantized = nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(data), nncf.Dataset(list(zip(data, targets, strict=True)), lambda item: item[0]),
+            top1, max_drop=max_drop / 100.0, drop_type=nncf.DropType.ABSOLUTE, model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(calib), **kwargs)
+    log.debug("nncf: %s", captured.getvalue())
+    return _save(quantized, spec, workdir)
+
+
+def _save(model, spec, workdir: Path) -> Conversion:
+    import openvino as ov
+
+    kept = float_compute_ops(model) if spec.mode == "nncf" else []
     xml = workdir / spec.file
     ov.save_model(model, str(xml), compress_to_fp16=False)
     ops = sorted({op.get_type_name() for op in model.get_ops()})

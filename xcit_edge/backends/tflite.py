@@ -5,8 +5,9 @@ on-device apps and MediaPipe run; with a dynamic batch the int8 model kept runti
 arithmetic that XNNPACK refused to prepare: measured). Modes:
 * `fp16-weights`: float16 weights, float32 compute;
 * `full-integer`: int8 weights and activations with float32 I/O; op types in `keep_float`
-  stay float through TFLite's selective quantization (the quantization debugger's
-  `denylisted_ops`, the documented way to skip ops);
+  (and layers in `keep_nodes`, chosen by `convert --max-drop` from `rank_nodes`) stay float
+  through TFLite's selective quantization (the quantization debugger's `denylisted_ops` /
+  `denylisted_nodes`, the documented way to skip ops);
 * `int16x8`: int16 activations, int8 weights (TFLite's 16x8 mode).
 What really stayed float is read back from the converted model, not assumed.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,13 +57,45 @@ def _converter(graph, spec, calib: np.ndarray | None):
     return conv
 
 
-def _quantize_selectively(conv, calib: np.ndarray, keep: list[str]) -> bytes:
+def _quantize_selectively(conv, calib: np.ndarray, keep: list[str], keep_nodes: list[str]) -> bytes:
     import tensorflow as tf
 
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=keep)
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=keep, denylisted_nodes=keep_nodes)
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=conv, debug_dataset=_dataset(calib), debug_options=options)
     return debugger.get_nondebug_quantized_model()
+
+
+def _rmse_over_scale(f: np.ndarray, q: np.ndarray, scale: float, zero: int) -> float:
+    deq = (q.astype(np.float32) - zero) * scale
+    return float(np.sqrt(np.mean((f.astype(np.float32) - deq) ** 2)) / scale)
+
+
+def rank_nodes(graph, spec, calib: np.ndarray, workdir: Path) -> list[str]:
+    """Quantized layers, worst first, by the quantization debugger's `rmse/scale` (the error of a
+    layer's int8 output in units of its quantization step; TensorFlow's guide flags > 0.7): the
+    order in which `convert --max-drop` keeps layers in float (`keep_nodes`, its deny-list)."""
+    import tensorflow as tf
+
+    conv = _converter(graph, spec, calib)
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_ops=list(spec.quantization.get("keep_float", [])),
+        layer_direct_compare_metrics={"rmse/scale": _rmse_over_scale})
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=_dataset(calib),
+                                                         debug_options=options)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # layers without data (empty slices) score NaN
+        debugger.run()
+    scored = [(_layer_name(k), float(m["rmse/scale"])) for k, m in debugger.layer_statistics.items()
+              if np.isfinite(m.get("rmse/scale", np.nan))]
+    return list(dict.fromkeys(name for name, _ in sorted(scored, key=lambda t: -t[1])))
+
+
+def _layer_name(numeric_verify: str) -> str:
+    """`NumericVerify/{tensor name}{digit}:{index}` -> the tensor name `denylisted_nodes` takes (the
+    debug model appends one digit to quantized tensor names; TensorFlow's own dump strips it the same way)."""
+    name = numeric_verify.split("/", 1)[1].rsplit(":", 1)[0]
+    return name[:-1] if name[-1:].isdigit() else name
 
 
 def float_ops(model_path: Path) -> list[str]:
@@ -87,8 +121,10 @@ def op_types(model_path: Path) -> list[str]:
 def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     conv = _converter(graph, spec, calib)
     keep = list(spec.quantization.get("keep_float", []))
+    keep_nodes = list(spec.quantization.get("keep_nodes", []))  # convert --max-drop's choice of layers
     try:
-        data = _quantize_selectively(conv, calib, keep) if keep and spec.quantized else conv.convert()
+        selective = (keep or keep_nodes) and spec.quantized
+        data = _quantize_selectively(conv, calib, keep, keep_nodes) if selective else conv.convert()
     except Exception as e:  # the converter raises ConverterError/RuntimeError/ValueError with MLIR dumps
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConversionError(f"TFLite conversion failed for {spec.name}: {first[:300]}") from e
