@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURE_WEIGHTS, images, one_line_error, run, timm_forward
+from conftest import FIXTURE_WEIGHTS, images, one_line_error, rel_max_err, run, timm_forward
 
 from xcit_edge.backends import backend
 from xcit_edge.build import build
@@ -166,21 +166,37 @@ def test_mediapipe_image_classifier_runs_the_baked_tflite_artifacts(fixture_dir,
         assert agree >= 0.9, (entry["target"], names)
 
 
-def _check_all_targets(model_dir, timm_model, tmp_path, extra=()):
-    # The four mobile/edge targets; int8 accuracy (and onnx-int8, openvino-int8) is the fixture's test,
-    # so 8 calibration images keep the nano runs short.
+def _check_all_targets(model_dir, timm_model, tmp_path):
+    """The four mobile/edge targets against timm, and XCA as written (`prepare(fuse=False)`) converted
+    to the three float targets must equal the fused artifacts within 1e-5 (the fusion is exact in every
+    runtime). int8 accuracy (and onnx-int8, openvino-int8) is the fixture's test, so 8 calibration
+    images keep the nano runs short."""
+    from xcit_edge.graph import prepare
+
     res = run("--quiet", "convert", model_dir, "--target", "tflite-int8,tflite-fp16,onnx,openvino",
-              "--out", tmp_path / "out", "--json", "--calibration-images", 8, *extra)
+              "--out", tmp_path / "out", "--json", "--calibration-images", 8)
     assert res.exit_code == 0, res.output
     x = images(4, 224, seed=7)
     ref = timm_forward(timm_model, x)
-    got = {}
+    as_written = prepare(model_dir, fuse=False)
+    assert as_written.xca["fused"] == 0
+    got, fusion_err = {}, {}
     for entry in json.loads(res.stdout)["artifacts"]:
         assert entry["xca_fused"] == 12, entry  # every block of nano, in every artifact
-        out = run_artifact(entry, x)
+        xm = as_written.model_input(x)
+        out = run_artifact(entry, xm)
         assert out.shape == ref.shape and np.isfinite(out).all()
         got[entry["target"]] = agreement(out, ref)["cosine_min"]
+        spec = all_targets()[entry["target"]]
+        if not spec.quantized:
+            d = tmp_path / "as-written" / spec.name
+            d.mkdir(parents=True)
+            mod = backend(spec.backend)
+            conv = mod.convert(as_written, spec, None, d)
+            assert conv.details["xca_blocks"] == 0, spec.name
+            fusion_err[spec.name] = rel_max_err(out, mod.run(mod.load(d / spec.file, spec), xm))
     assert got["onnx"] >= 0.9999 and got["openvino"] >= 0.9999 and got["tflite-fp16"] >= 0.999, got
+    assert len(fusion_err) == 3 and max(fusion_err.values()) <= 1e-5, fusion_err
     return got
 
 

@@ -223,15 +223,8 @@ def _fused_vs_as_written(sm, size: int, depth: int, tmp_path) -> dict:
     return errors
 
 
-def test_native_nano_fused_equals_unfused(nano, tmp_path):
-    from xcit_edge.build import build
-
-    build("xcit_nano_12_p16_224", tmp_path / "nano", weights=nano[1])
-    _fused_vs_as_written(tmp_path / "nano", 224, 12, tmp_path)
-
-
-def test_foreign_nano_fused_equals_unfused(foreign_nano, tmp_path):
-    _fused_vs_as_written(foreign_nano, 224, 12, tmp_path)
+# nano (native and onnx2tf): fused vs as-written in the three float runtimes is part of
+# test_convert's nano tests, which convert nano anyway.
 
 
 def test_384_model_fused_equals_unfused(tmp_path):
@@ -262,7 +255,9 @@ def _convert_24_layer(tmp_path, targets: str) -> dict:
 
 
 def test_24_layer_model_shows_24_fused_blocks_in_its_artifacts(tmp_path):
-    targets = "tflite-fp16,onnx,openvino"
+    """Two ways of reading blocks back: TFLite tensor names and ONNX function nodes (OpenVINO's
+    friendly names are counted in every nano and fixture conversion)."""
+    targets = "tflite-fp16,onnx"
     assert _convert_24_layer(tmp_path, targets) == dict.fromkeys(targets.split(","), 24)
 
 
