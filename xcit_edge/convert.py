@@ -222,6 +222,8 @@ def convert(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptio
                     preprocessing=opts.preprocessing, bake_preprocessing=opts.bake_preprocessing,
                     allow_unknown=opts.allow_unknown_model, fuse=opts.fuse,
                     allow_partial_fusion=opts.allow_partial_fusion)
+    if opts.max_drop is not None and graph.features:
+        raise UsageError("--max-drop measures a top-1 drop: it needs a classifier, not a feature extractor")
     targets = [_with_options(t, opts) for t in targets]
     cal = _calibration(graph, targets, opts, progress)
     calib_inputs = graph.model_input(cal.model_ready(graph.preprocessing, graph.baked))

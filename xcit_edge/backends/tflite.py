@@ -122,6 +122,11 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     conv = _converter(graph, spec, calib)
     keep = list(spec.quantization.get("keep_float", []))
     keep_nodes = list(spec.quantization.get("keep_nodes", []))  # convert --max-drop's choice of layers
+    if spec.mode == "int16x8" and (keep or keep_nodes):
+        # QuantizationDebugger.get_nondebug_quantized_model calls mlir_quantize without an inference
+        # type: it would silently give int8 activations (TF 2.21, debugger.py `_get_quantized_model`).
+        raise ConversionError(f"{spec.name}: TFLite's selective quantization is int8-only; int16x8 cannot "
+                              "keep ops or layers in float (drop keep_float / --max-drop)")
     try:
         selective = (keep or keep_nodes) and spec.quantized
         data = _quantize_selectively(conv, calib, keep, keep_nodes) if selective else conv.convert()
