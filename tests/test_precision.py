@@ -73,8 +73,11 @@ def test_onnx_int8_within_max_drop(fixture_dir, calib_npz, timm_fixture, tmp_pat
     assert res.exit_code == 0, res.output
     entry = json.loads(res.stdout)["artifacts"][0]
     md = entry["max_drop"]
-    assert md["held"] and md["measured_drop"] <= 2.2 and md["kept_nodes"] and md["steps"][0]["drop"] > 2.2
-    assert md["method"] == "rank_nodes + deny-list" and "accuracy drop on 200" in md["basis"]
+    assert md["held"] and md["measured_drop"] <= 2.2 and "accuracy drop on 200" in md["basis"]
+    # tf2onnx's node order (hence ORT's quantization) varies between processes, so the first drop is
+    # 2.5 in every run seen so far but not guaranteed: relaxation is asserted when it was needed
+    if md["steps"][0]["drop"] > 2.2:
+        assert md["kept_nodes"] and md["method"] == "rank_nodes + deny-list", md
     man = json.loads(Path(entry["manifest"]).read_text())
     assert man["target"]["quantization"]["keep_nodes"] == md["kept_nodes"]
     data = np.load(calib_npz)

@@ -253,11 +253,13 @@ def _print_convert_summary(results) -> None:
         verdict = "ok" if not c["failures"] else "CHECK: " + "; ".join(c["failures"])
         x = r.manifest["xca"]
         fused = f"XCA fused {x['in_artifact']}/{x['expected']}" if x["enabled"] else "XCA not fused"
-        if md := r.manifest.get("max_drop"):
-            verdict += (f"  drop {md['measured_drop']:.2f} <= {md['max_drop']:g} ({len(md['kept_nodes'])} layers kept "
-                        f"in float, {md['method']})")
+        if md := r.manifest.get("max_drop"):  # measured on every calibration image: supersedes the quick check
+            verdict = (f"ok: drop {md['measured_drop']:.2f} <= {md['max_drop']:g} on {md['basis'].split(' on ')[-1]} "
+                       f"({len(md['kept_nodes'])} layers kept in float, {md['method']})")
+        agree = (f"top-1 agreement {c['top1_agreement']:.3f}" if "top1_agreement" in c
+                 else f"NN agreement {c.get('nn_agreement', float('nan')):.3f}")
         click.echo(f"{r.target:14s} {r.path}  {size / 1e6:7.2f} MB  {fused}  cosine {c['cosine_mean']:.6f}  "
-                   f"top-1 agreement {c['top1_agreement']:.3f} ({c['images']} images)  {verdict}")
+                   f"{agree} ({c['images']} images)  {verdict}")
 
 
 def _validate_stage(stage: str, done: int, total: int) -> str:

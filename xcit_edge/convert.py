@@ -100,14 +100,14 @@ def _calibration(graph: PreparedGraph, targets: list[TargetSpec], opts: ConvertO
 
 
 def _check(spec: TargetSpec, mod, workdir: Path, conv_files: list[str], inputs: np.ndarray,
-           ref: np.ndarray, labels: np.ndarray | None) -> dict:
+           ref: np.ndarray, labels: np.ndarray | None, kind: str) -> dict:
     try:
         out = mod.run(mod.load(workdir / conv_files[0], spec), inputs)
     except Exception as e:  # runtimes refuse models with their own exception types (ORT: no RuntimeError)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ArtifactCheckError(f"{spec.name}: the converted model does not run in {spec.backend}'s runtime "
                                  f"({first[:300]})") from e
-    res = agreement(out, ref, labels)
+    res = agreement(out, ref, labels, kind=kind)
     res["failures"] = failures(res, spec.tolerances)
     return res
 
@@ -144,7 +144,8 @@ def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, ca
             seconds = time.perf_counter() - t0
             extra = _write_labels(tmp, graph.labels)
             meta = _tflite_metadata(tmp, spec, graph, opts)
-            check = _check(spec, mod, tmp, conv.files, calib_inputs[:CHECK_IMAGES], ref, _labels(cal))
+            check = _check(spec, mod, tmp, conv.files, calib_inputs[:CHECK_IMAGES], ref, _labels(cal),
+                           "features" if graph.features else "logits")
         except OSError as e:
             raise XcitEdgeError(f"cannot write {dest}: {e.strerror or e}") from e
         except XcitEdgeError:

@@ -136,7 +136,8 @@ def add_image_classifier_metadata(model_path: Path, graph) -> dict | None:
     if graph.labels:
         zbuf = io.BytesIO()
         with zipfile.ZipFile(zbuf, "w", zipfile.ZIP_STORED) as zf:
-            zf.writestr(LABELS_FILE, "\n".join(graph.labels) + "\n")
+            # a fixed timestamp: writestr would stamp the current time and the same model would differ byte-wise
+            zf.writestr(zipfile.ZipInfo(LABELS_FILE, date_time=(1980, 1, 1, 0, 0, 0)), "\n".join(graph.labels) + "\n")
         data += zbuf.getvalue()
     model_path.write_bytes(data)
     pre = graph.preprocessing
