@@ -302,17 +302,17 @@ def validate(ctx, artifacts, source, reference, calibration, labels_file, max_im
 
 
 def _print_validation(result, report_dir) -> None:
-    from xcit_edge.report import _failure_lines, _summary_lines, _table_rows
+    from xcit_edge.report import failure_lines, summary_lines, table_rows
 
-    for line in _summary_lines(result):
+    for line in summary_lines(result):
         click.echo(line)
-    head, rows = _table_rows(result)
+    head, rows = table_rows(result)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     for r in [head, *rows]:
         click.echo("  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)))
     for a in result.artifacts:
         if not a.passed:
-            for line in _failure_lines(a):
+            for line in failure_lines(a):
                 click.echo(f"FAIL {line}")
     if report_dir:
         click.echo(f"report: {Path(report_dir) / 'report.html'}")

@@ -152,7 +152,7 @@ def _fmt(x, digits: int = 4) -> str:
     return str(x)
 
 
-def _table_rows(v) -> tuple[list[str], list[list[str]]]:
+def table_rows(v) -> tuple[list[str], list[list[str]]]:
     logits = v.kind == "logits"
     head = ["target", "verdict", "cosine (mean)", "cosine (min)", "max abs err"]
     head += ["top-1 agree", "top-5 agree", "KL mean", "accuracy", "drop (pts)"] if logits else ["NN agree"]
@@ -172,7 +172,7 @@ def _table_rows(v) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def _summary_lines(v) -> list[str]:
+def summary_lines(v) -> list[str]:
     r, c = v.reference, v.calibration
     lines = [f"Verdict: {'PASS' if v.passed else 'FAIL'} "
              f"({sum(a.passed for a in v.artifacts)} of {len(v.artifacts)} artifacts pass)",
@@ -184,7 +184,7 @@ def _summary_lines(v) -> list[str]:
     return lines
 
 
-def _failure_lines(a) -> list[str]:
+def failure_lines(a) -> list[str]:
     lines = [f"{a.target}: " + "; ".join(a.failures)]
     if a.localization:
         lines.append(f"{a.target}: {a.localization.get('summary') or a.localization.get('why')}")
@@ -192,13 +192,13 @@ def _failure_lines(a) -> list[str]:
 
 
 def markdown(v, images: list[str]) -> str:
-    head, rows = _table_rows(v)
-    out = ["# xcit-edge validation report", "", *(f"- {s}" for s in _summary_lines(v)), "",
+    head, rows = table_rows(v)
+    out = ["# xcit-edge validation report", "", *(f"- {s}" for s in summary_lines(v)), "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     failed = [a for a in v.artifacts if not a.passed]
     if failed:
-        out += ["", "## Failures", ""] + [f"- {line}" for a in failed for line in _failure_lines(a)]
+        out += ["", "## Failures", ""] + [f"- {line}" for a in failed for line in failure_lines(a)]
     for a in v.artifacts:
         if a.worst:
             out += ["", f"## {a.target}: images furthest from the reference", "",
@@ -225,15 +225,15 @@ def _html_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def html_report(v, pngs: dict[str, bytes]) -> str:
-    head, rows = _table_rows(v)
+    head, rows = table_rows(v)
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>xcit-edge validation</title>",
              f"<style>{_CSS}</style></head><body><h1>xcit-edge validation report</h1><ul>"]
-    parts += [f"<li>{html.escape(s)}</li>" for s in _summary_lines(v)]
+    parts += [f"<li>{html.escape(s)}</li>" for s in summary_lines(v)]
     parts += ["</ul>", _html_table(head, rows)]
     failed = [a for a in v.artifacts if not a.passed]
     if failed:
         parts += ["<h2>Failures</h2><ul>"] + [f"<li class='fail'>{html.escape(x)}</li>"
-                                              for a in failed for x in _failure_lines(a)] + ["</ul>"]
+                                              for a in failed for x in failure_lines(a)] + ["</ul>"]
     for name, data in pngs.items():
         uri = "data:image/png;base64," + base64.b64encode(data).decode()
         parts.append(f"<figure><img alt='{_CAPTIONS[name]}' src='{uri}'><figcaption>{_CAPTIONS[name]}</figcaption>"
