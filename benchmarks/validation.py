@@ -45,14 +45,10 @@ def xe(*args, check: bool = True) -> int:
 def sabotage(work: Path) -> dict[str, Path]:
     from safetensors.numpy import load_file, save_file
 
-    w = load_file(WEIGHTS)
-    rng = np.random.default_rng(0)
-    noisy = {k: v + rng.normal(0, 0.05 * v.std(), v.shape).astype(v.dtype) if v.ndim >= 2 else v for k, v in w.items()}
-    swapped = dict(w)
-    for k in ("head.weight", "head.bias"):
-        swapped[k] = w[k][[1, 0, *range(2, len(w[k]))]]
+    from xcit_edge.timm_ref import sabotaged
+
     paths = {}
-    for name, weights in (("noisy", noisy), ("swapped", swapped)):
+    for name, weights in sabotaged(load_file(WEIGHTS)).items():
         save_file(weights, work / f"{name}.safetensors")
         paths[name] = work / f"{name}.safetensors"
     return paths

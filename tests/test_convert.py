@@ -166,7 +166,7 @@ def test_mediapipe_image_classifier_runs_the_baked_tflite_artifacts(fixture_dir,
         assert agree >= 0.9, (entry["target"], names)
 
 
-def _check_all_targets(model_dir, timm_model, tmp_path):
+def _check_all_targets(model_dir, timm_model, tmp_path, size: int = 224, depth: int = 12):
     """The four mobile/edge targets against timm, and XCA as written (`prepare(fuse=False)`) converted
     to the three float targets must equal the fused artifacts within 1e-5 (the fusion is exact in every
     runtime). int8 accuracy (and onnx-int8, openvino-int8) is the fixture's test, so 8 calibration
@@ -176,13 +176,13 @@ def _check_all_targets(model_dir, timm_model, tmp_path):
     res = run("--quiet", "convert", model_dir, "--target", "tflite-int8,tflite-fp16,onnx,openvino",
               "--out", tmp_path / "out", "--json", "--calibration-images", 8)
     assert res.exit_code == 0, res.output
-    x = images(4, 224, seed=7)
+    x = images(4, size, seed=7)
     ref = timm_forward(timm_model, x)
     as_written = prepare(model_dir, fuse=False)
     assert as_written.xca["fused"] == 0
     got, fusion_err = {}, {}
     for entry in json.loads(res.stdout)["artifacts"]:
-        assert entry["xca_fused"] == 12, entry  # every block of nano, in every artifact
+        assert entry["xca_fused"] == depth, entry  # every block, in every artifact
         xm = as_written.model_input(x)
         out = run_artifact(entry, xm)
         assert out.shape == ref.shape and np.isfinite(out).all()
@@ -207,11 +207,16 @@ def test_native_nano_converts_to_every_target(nano, tmp_path):
     _check_all_targets(sm, model, tmp_path)
 
 
-def test_foreign_onnx2tf_nano_converts_to_every_target(nano, foreign_nano, tmp_path):
+# 96 px: at the fixture's own 64 px its 64 tokens equal its 64 channels, and onnx2tf's layout guessing
+# then breaks the model itself (its SavedModel disagrees with timm: cosine -0.05, measured).
+FOREIGN_SIZE = 96
+
+
+def test_foreign_onnx2tf_model_converts_to_every_target(timm_fixture, foreign_fixture, tmp_path):
     from xcit_edge.inspection import inspect_model
 
-    assert inspect_model(foreign_nano).signatures[0].outputs[0].name != "output"  # really foreign: batch 1
-    _check_all_targets(foreign_nano, nano[0], tmp_path)
+    assert inspect_model(foreign_fixture).signatures[0].outputs[0].name != "output"  # really foreign: batch 1
+    _check_all_targets(foreign_fixture, timm_fixture, tmp_path, FOREIGN_SIZE, FIXTURE.depth)
 
 
 # --- bad input: one line, exit 2, nothing left behind ---------------------------------------------

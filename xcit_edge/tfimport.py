@@ -28,3 +28,17 @@ def import_tensorflow_quietly():
         os.close(saved)
         os.close(devnull)
     return tf
+
+
+def exact_tensorflow():
+    """Import TensorFlow and turn off grappler's remapper, for every run that serves as a reference.
+
+    The remapper fuses op patterns into CPU kernels (_FusedMatMul, _FusedConv2D, ...); on a frozen
+    onnx2tf export of the trained fixture (96 px) it changed the result (cosine 0.986 against timm,
+    while the same graph with the remapper off, the unfrozen SavedModel, ONNX Runtime and OpenVINO all
+    agree with timm to 1e-12; measured with TF 2.21). A reference must be exact, not fast. The setting
+    is process-wide and only affects TensorFlow's own execution (converters do not use it).
+    """
+    tf = import_tensorflow_quietly()
+    tf.config.optimizer.set_experimental_options({"remapping": False})
+    return tf

@@ -48,3 +48,15 @@ def timm_forward(model, images_nhwc: np.ndarray, pre_logits: bool = False) -> np
 def images(n: int, size: int, seed: int = 0) -> np.ndarray:
     """Normalized-image-like inputs (standard normal, NHWC), seeded."""
     return np.random.default_rng(seed).standard_normal((n, size, size, 3)).astype(np.float32)
+
+
+def sabotaged(weights: dict[str, np.ndarray], seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Two broken copies of a timm state dict that `validate` must catch: "noisy" (Gaussian noise of 5 % of
+    each weight matrix's std) and "swapped" (classes 0 and 1 exchanged in the head)."""
+    rng = np.random.default_rng(seed)
+    noisy = {k: v + rng.normal(0, 0.05 * v.std(), v.shape).astype(v.dtype) if v.ndim >= 2 else v
+             for k, v in weights.items()}
+    swapped = dict(weights)
+    for k in ("head.weight", "head.bias"):
+        swapped[k] = weights[k][[1, 0, *range(2, len(weights[k]))]]
+    return {"noisy": noisy, "swapped": swapped}

@@ -89,7 +89,9 @@ def _json_shape(shape) -> list[int]:
 
 
 def _load(path: Path):
-    import tensorflow as tf
+    from xcit_edge.tfimport import exact_tensorflow
+
+    tf = exact_tensorflow()  # this graph's TF runs are the reference: no inexact grappler fusions
 
     read_saved_model_proto(path)  # one-line errors for missing / corrupt protobufs
     try:

@@ -372,7 +372,9 @@ def _probe_input(shape: list[int | None], seed: int = 0) -> np.ndarray:
 
 
 def run_graph(graph_def, input_tensor: str, x: np.ndarray, fetches: list[str]) -> list[np.ndarray]:
-    import tensorflow as tf
+    from xcit_edge.tfimport import exact_tensorflow
+
+    tf = exact_tensorflow()
 
     graph = tf.Graph()
     with graph.as_default():
