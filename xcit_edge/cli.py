@@ -211,12 +211,20 @@ def _convert_stage(targets: list[str]):
               "model-local function support, e.g. OpenVINO's ONNX frontend).")
 @click.option("--max-drop", type=click.FloatRange(min=0), help="int8 targets: keep layers in float until the top-1 "
               "drop on the calibration images is at most this many points (else the target fails).")
+@click.option("--reference-device", type=click.Choice(["cpu", "gpu", "tpu"]),
+              help="Also run the source on the calibration images there and write OUT/reference.npz.")
+@click.option("--tpu", help="With --reference-device tpu: the TPU name (default 'local').")
+@click.option("--zone", help="TPU zone (named TPUs).")
+@click.option("--project", help="TPU project (named TPUs).")
+@click.option("--precision", type=click.Choice(["default", "highest"]), default="default", show_default=True,
+              help="Reference matmul precision (highest: TF32 off, HIGHEST under XLA on TPU).")
 @click.option("--force", is_flag=True, help="Replace artifacts in a non-empty --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print {\"artifacts\": [...]} as JSON on stdout.")
 @click.pass_context
 def convert(ctx, model, target, out, calibration, labels_file, calibration_images, bake_preprocessing, signature,
             output_key, input_size, mean, std, interpolation, crop_pct, weights, allow_unknown_model,
-            no_tflite_metadata, no_fuse, allow_partial_fusion, inline_functions, max_drop, force, as_json):
+            no_tflite_metadata, no_fuse, allow_partial_fusion, inline_functions, max_drop, reference_device, tpu,
+            zone, project, precision, force, as_json):
     """Convert MODEL (SavedModel dir, archive, hub handle or arch name) to TFLite, ONNX and OpenVINO."""
     from xcit_edge.convert import ConvertOptions
     from xcit_edge.convert import convert as run_convert
@@ -230,6 +238,7 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
         bake_preprocessing=bake_preprocessing, allow_unknown_model=allow_unknown_model, weights=weights,
         force=force, write_tflite_metadata=not no_tflite_metadata, fuse=not no_fuse,
         allow_partial_fusion=allow_partial_fusion, inline_functions=inline_functions, max_drop=max_drop,
+        reference=_reference_options(reference_device, tpu, zone, project, precision),
     )
     progress = _Bars(ctx.obj.get("quiet", False), _convert_stage([s.name for s in specs]))
     with progress.bar:
@@ -239,8 +248,24 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
         click.echo(json.dumps({"artifacts": [r.to_dict() for r in results]}, indent=2))
     else:
         _print_convert_summary(results)
+        if reference_device and (out / "reference.npz").is_file():
+            from xcit_edge.reference import load_reference
+
+            n = len(load_reference(out / "reference.npz").names)
+            click.echo(f"reference: {out / 'reference.npz'} ({n} images on {reference_device}); validate with "
+                       f"--reference {out / 'reference.npz'} --calibration {calibration or 'sample'} --max-images {n}")
     if failed:
         ctx.exit(1)
+
+
+def _reference_options(device, tpu, zone, project, precision):
+    if device is None:
+        if tpu or zone or project:
+            raise click.UsageError("--tpu/--zone/--project need --reference-device tpu")
+        return None
+    from xcit_edge.reference import ReferenceOptions
+
+    return ReferenceOptions(device=device, tpu=tpu, zone=zone, project=project, precision=precision)
 
 
 def _print_convert_summary(results) -> None:
@@ -263,7 +288,7 @@ def _print_convert_summary(results) -> None:
 
 
 def _validate_stage(stage: str, done: int, total: int) -> str:
-    return {"calibration": "calibration images"}.get(stage, f"running {stage}")
+    return {"calibration": "calibration images", "reference": "source model"}.get(stage, f"running {stage}")
 
 
 @main.command()
@@ -327,25 +352,38 @@ def _print_validation(result, report_dir) -> None:
 @click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint, when MODEL is an architecture name.")
 @click.option("--signature", help="SavedModel signature (default: serving_default or the only one).")
 @click.option("--output-key", help="Signature output, when there are several.")
+@click.option("--device", type=click.Choice(["cpu", "gpu", "tpu"]), default="cpu", show_default=True,
+              help="Where the source model runs (one tf.distribute code path; only the strategy differs).")
+@click.option("--tpu", help="TPU name (default with --device tpu: 'local', the TPU VM this runs on).")
+@click.option("--zone", help="TPU zone (named TPUs).")
+@click.option("--project", help="TPU project (named TPUs).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Global batch (rounded up to a multiple of the replicas; the last batch is padded).")
+@click.option("--precision", type=click.Choice(["default", "highest"]), default="default", show_default=True,
+              help="highest: full float32 matmuls (TF32 off: HIGHEST precision under XLA on TPU).")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--device cpu: split the host CPU into this many logical devices (the distributed path).")
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
 @click.pass_context
-def reference(ctx, model, calibration, out, labels_file, max_images, weights, signature, output_key, as_json):
-    """Run MODEL on the calibration images and store its outputs for `validate --reference`."""
-    from xcit_edge.reference import compute_reference
+def reference(ctx, model, calibration, out, labels_file, max_images, weights, signature, output_key, device, tpu,
+              zone, project, batch_size, precision, replicas, as_json):
+    """Run MODEL on the calibration images (CPU, GPUs or a Cloud TPU) and store its outputs for validate."""
+    from xcit_edge.reference import ReferenceOptions, compute_reference
 
+    opts = ReferenceOptions(device=device, tpu=tpu, zone=zone, project=project, batch_size=batch_size,
+                            precision=precision, replicas=replicas)
     progress = _Bars(ctx.obj.get("quiet", False), _validate_stage)
     with progress.bar:
         ref = compute_reference(model, calibration, labels_file=labels_file, max_images=max_images, weights=weights,
-                                signature=signature, output_key=output_key,
-                                progress=lambda d, n: progress("calibration", d, n))
+                                signature=signature, output_key=output_key, options=opts, progress=progress)
     ref.save(out)
     info = {"path": str(out), "images": len(ref.names), "kind": ref.kind, "outputs": list(ref.outputs.shape),
             "model_sha256": ref.model_sha256, "calibration_digest": ref.calibration_digest, **ref.provenance()}
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        click.echo(f"wrote {out}: {info['images']} images, {ref.kind} {info['outputs']}, on {info['device']} "
-                   f"(TensorFlow {info['tensorflow']})")
+        click.echo(f"wrote {out}: {info['images']} images, {ref.kind} {info['outputs']}, on {info['placement']} "
+                   f"(precision {precision}, TensorFlow {info['tensorflow']})")
 
 
 if __name__ == "__main__":

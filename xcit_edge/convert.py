@@ -29,6 +29,7 @@ from xcit_edge.graph import PreparedGraph, prepare
 from xcit_edge.metrics import agreement, failures
 from xcit_edge.precision import DropCheck, convert_within_drop
 from xcit_edge.preprocessing import Preprocessing
+from xcit_edge.reference import REFERENCE_FILE, ReferenceOptions, run_reference
 from xcit_edge.source import resolve
 from xcit_edge.targets import TargetSpec
 
@@ -63,6 +64,7 @@ class ConvertOptions:
     allow_partial_fusion: bool = False
     inline_functions: bool = False
     max_drop: float | None = None  # int8 targets: keep layers in float until the top-1 drop is at most this
+    reference: ReferenceOptions | None = None  # also store the source's outputs (OUT/reference.npz), e.g. on a TPU
 
 
 @dataclass
@@ -87,6 +89,8 @@ def _calibration(graph: PreparedGraph, targets: list[TargetSpec], opts: ConvertO
                  progress: Progress | None) -> CalibrationSet:
     wanted = max([int(t.quantization.get("calibration_images", DEFAULT_CALIBRATION_IMAGES)) for t in targets
                   if t.quantized] or [CHECK_IMAGES])
+    if opts.reference is not None:  # the stored reference covers the decoded images: more than a quick check
+        wanted = max(wanted, DEFAULT_CALIBRATION_IMAGES)
     limit = opts.calibration_images or wanted
     data = opts.calibration
     if data is None:
@@ -218,6 +222,7 @@ def convert(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptio
     if not targets:
         raise UsageError("no targets to convert to")
     check_output_dir(out, opts.force)  # before minutes of work
+    placement = _reference_placement(opts.reference)  # a TPU that is not there fails before any conversion
     src = resolve(model, weights=opts.weights)
     graph = prepare(src.path, signature=opts.signature, output_key=opts.output_key,
                     preprocessing=opts.preprocessing, bake_preprocessing=opts.bake_preprocessing,
@@ -250,4 +255,26 @@ def convert(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptio
             results.append(ArtifactResult(spec.name, out / spec.name, {}, error=str(e)))
     if progress:
         progress("target", len(targets), len(targets))
+    if placement is not None:
+        _write_reference(src, cal, opts, placement, out)
     return results
+
+
+def _reference_placement(ropts: ReferenceOptions | None):
+    if ropts is None:
+        return None
+    from xcit_edge.distribute import make_placement, set_precision
+
+    set_precision(ropts.precision)
+    return make_placement(ropts.device, tpu=ropts.tpu, zone=ropts.zone, project=ropts.project,
+                          replicas=ropts.replicas)
+
+
+def _write_reference(src, cal: CalibrationSet, opts: ConvertOptions, placement, out: Path) -> None:
+    """The source's outputs on the calibration images, beside the artifacts (`validate --reference`)."""
+    graph = prepare(src.path, signature=opts.signature, output_key=opts.output_key, preprocessing=opts.preprocessing,
+                    allow_unknown=True, fuse=False)  # float input, as written: what the reference runs
+    ref = run_reference(graph, placement, cal, src.ref, opts.reference.batch_size, opts.reference.precision)
+    ref.save(out / REFERENCE_FILE)
+    log.info("reference outputs of %d images (%s) written to %s", len(cal), placement.description,
+             out / REFERENCE_FILE)

@@ -29,6 +29,7 @@ from xcit_edge.preprocessing import Preprocessing
 log = logging.getLogger(__name__)
 
 FORMAT = "xcit-edge.reference/1"
+REFERENCE_FILE = "reference.npz"  # its name beside the artifacts (`convert --reference-device`)
 MAX_REFERENCE_BYTES = 8 << 30
 _KEYS = {"outputs", "names", "meta"}
 
@@ -49,7 +50,7 @@ class Reference:
         return self.meta.get("kind", "logits")
 
     def provenance(self) -> dict:
-        keys = ("device", "precision", "tensorflow", "host", "created", "tool")
+        keys = ("device", "placement", "precision", "tensorflow", "host", "created", "tool")
         return {k: self.meta[k] for k in keys if k in self.meta}
 
     def save(self, path: Path) -> Path:
@@ -93,35 +94,70 @@ def load_reference(path: Path) -> Reference:
                      str(meta.get("model_sha256", "")), str(meta.get("calibration_digest", "")), meta)
 
 
-def provenance(device: str = "cpu", precision: str = "default") -> dict:
+def provenance(device: str = "cpu", precision: str = "default", placement: str = "CPU") -> dict:
     """Where and how the reference was computed (validate shows it; nothing is widened by it)."""
     import tensorflow as tf
 
-    return {"device": device, "precision": precision, "tensorflow": tf.__version__, "host": platform.node(),
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "tool": f"xcit-edge {__version__}"}
+    return {"device": device, "placement": placement, "precision": precision, "tensorflow": tf.__version__,
+            "host": platform.node(), "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "tool": f"xcit-edge {__version__}"}
 
 
-def reference_from_graph(graph, cal: CalibrationSet, model_sha256: str, model_ref: str) -> Reference:
-    """Run the prepared source graph (float32, on this host's CPU) over `cal` (not baked: float inputs)."""
-    x = graph.model_input(cal.model_ready(graph.preprocessing, False))
-    out = graph.run(x)
-    meta = {"kind": "features" if graph.features else "logits", "model": model_ref,
+def _meta(graph, cal: CalibrationSet, model_ref: str, **prov) -> dict:
+    return {"kind": "features" if graph.features else "logits", "model": model_ref,
             "calibration_source": cal.source, "preprocessing": graph.preprocessing.to_dict(),
-            "signature": graph.signature_key, "output_key": graph.output_key, **provenance()}
-    return Reference(out, list(cal.names), cal.labels, model_sha256, cal.images_digest, meta)
+            "signature": graph.signature_key, "output_key": graph.output_key, **provenance(**prov)}
+
+
+@dataclass
+class ReferenceOptions:
+    device: str = "cpu"  # cpu | gpu | tpu
+    tpu: str | None = None  # TPU name (default on a TPU VM: "local")
+    zone: str | None = None
+    project: str | None = None
+    batch_size: int = 32  # global batch (rounded up to a multiple of the replicas)
+    precision: str = "default"  # default | highest
+    replicas: int = 1  # cpu: split the host CPU into this many logical devices
 
 
 def compute_reference(model: str, data: str, *, labels_file: Path | None = None, max_images: int | None = None,
                       weights: Path | None = None, signature: str | None = None, output_key: str | None = None,
-                      preprocessing: Preprocessing | None = None, progress=None) -> Reference:
-    """`xcit-edge reference`: resolve MODEL, decode DATA with its preprocessing, run it, keep the outputs."""
+                      preprocessing: Preprocessing | None = None, options: ReferenceOptions | None = None,
+                      progress=None) -> Reference:
+    """`xcit-edge reference`: resolve MODEL, decode DATA with its preprocessing, run the SavedModel's
+    own serving function under the device's strategy (`distribute.py`), keep the outputs in input order."""
+    from xcit_edge.distribute import make_placement, set_precision
     from xcit_edge.graph import prepare
     from xcit_edge.source import resolve
 
+    opts = options or ReferenceOptions()
+    set_precision(opts.precision)  # before anything is traced
+    placement = make_placement(opts.device, tpu=opts.tpu, zone=opts.zone, project=opts.project,
+                               replicas=opts.replicas)  # before TensorFlow runs anything (CPU split)
     src = resolve(model, weights=weights)
     graph = prepare(src.path, signature=signature, output_key=output_key, preprocessing=preprocessing,
-                    allow_unknown=True, fuse=False)
+                    allow_unknown=True, fuse=False)  # signature, layout, preprocessing, labels
+    cb = (lambda d, n: progress("calibration", d, n)) if progress else None
     cal = load_calibration(data, graph.preprocessing, class_names=graph.labels, labels_file=labels_file,
-                           limit=max_images, progress=progress)
-    log.info("running %s on %d images", src.ref, len(cal))
-    return reference_from_graph(graph, cal, sha256_tree(src.path), src.ref)
+                           limit=max_images, progress=cb)
+    return run_reference(graph, placement, cal, src.ref, opts.batch_size, opts.precision, progress)
+
+
+def run_reference(graph, placement, cal: CalibrationSet, model_ref: str, batch_size: int = 32,
+                  precision: str = "default", progress=None) -> Reference:
+    """The source SavedModel's own serving function (not the frozen graph) over `cal` under `placement`:
+    what `reference` stores and what `validate --source` compares against, computed the same way so
+    that both give the same figures."""
+    from xcit_edge.distribute import load_serving, run_distributed
+
+    x = graph.model_input(cal.model_ready(graph.preprocessing, False))
+    fixed = graph.input_shape[0]  # a fixed-batch signature (onnx2tf: 1) takes exactly that per replica
+    global_batch = fixed * placement.replicas if fixed else batch_size
+    log.info("running %s on %d images: %s, global batch %d", model_ref, len(cal), placement.description,
+             global_batch)
+    serve = load_serving(graph.source, placement, graph.signature_key, graph.signature_input, graph.output_key)
+    out = run_distributed(placement, serve, x, global_batch,
+                          progress=(lambda d, n: progress("reference", d, n)) if progress else None)
+    meta = _meta(graph, cal, model_ref, device=placement.device, precision=precision,
+                 placement=placement.description)
+    return Reference(out, list(cal.names), cal.labels, sha256_tree(graph.source), cal.images_digest, meta)

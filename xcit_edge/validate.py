@@ -3,7 +3,8 @@
 Flow (Optimum's exporter validation, extended to statistics over a calibration set):
 open every artifact (manifest read, file hashes checked, runtime loads it) -> decode the
 calibration images once with the preprocessing the artifacts record -> reference outputs,
-from the source SavedModel (`--source`) or a stored reference file (`--reference`, refused
+from the source SavedModel's own serving function (`--source`, computed exactly as `reference`
+computes it on this CPU) or a stored reference file (`--reference`, refused
 when its model or images differ) -> each artifact on the same inputs, one image per call
 (latency at batch 1) -> metrics and the target's tolerances -> for a failing artifact,
 the first diverging XCA block (`localize.py`) -> optional report (`report.py`).
@@ -29,7 +30,7 @@ from xcit_edge.errors import UsageError
 from xcit_edge.fsutil import sha256_file, sha256_tree
 from xcit_edge.metrics import agreement, cosine, failures, kl_divergence
 from xcit_edge.preprocessing import Preprocessing
-from xcit_edge.reference import Reference, load_reference, reference_from_graph
+from xcit_edge.reference import Reference, load_reference, run_reference
 from xcit_edge.targets import TargetSpec, all_targets
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,8 @@ def _common(arts: list[OpenArtifact]) -> tuple[str, Preprocessing]:
 
 
 def _reference_from_source(opts: ValidateOptions, arts: list[OpenArtifact], pre: Preprocessing, sha: str,
-                           cal_loader) -> tuple[Reference, CalibrationSet, object]:
+                           cal_loader, progress: Progress | None) -> tuple[Reference, CalibrationSet, object]:
+    from xcit_edge.distribute import make_placement
     from xcit_edge.graph import prepare
     from xcit_edge.source import resolve
 
@@ -197,7 +199,8 @@ def _reference_from_source(opts: ValidateOptions, arts: list[OpenArtifact], pre:
         log.warning("%s is not the model the artifacts were converted from (sha256 %s…, manifest %s…); "
                     "comparing anyway", opts.source, src_sha[:12], sha[:12])
     cal = cal_loader(graph.labels)
-    return reference_from_graph(graph, cal, src_sha, src.ref), cal, graph
+    ref = run_reference(graph, make_placement("cpu"), cal, src.ref, progress=progress)
+    return ref, cal, graph
 
 
 def _reference_from_file(opts: ValidateOptions, pre: Preprocessing, sha: str,
@@ -301,7 +304,7 @@ def validate(artifacts: list[Path], opts: ValidateOptions, progress: Progress | 
 
     graph = None
     if opts.source is not None:
-        ref, cal, graph = _reference_from_source(opts, arts, pre, sha, cal_loader)
+        ref, cal, graph = _reference_from_source(opts, arts, pre, sha, cal_loader, progress)
         ref_info = {"from": "source", "model": opts.source, "sha256": ref.model_sha256, **ref.provenance()}
     else:
         ref, cal = _reference_from_file(opts, pre, sha, cal_loader)

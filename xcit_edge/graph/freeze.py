@@ -50,6 +50,7 @@ class PreparedGraph:
     source: Path
     signature_key: str
     output_key: str
+    signature_input: str = "input"  # the source signature's input argument name
     rewrites: dict[str, int] = field(default_factory=dict)
     xca: dict = field(default_factory=dict)  # XCA fusion: expected / found / fused / skipped
     factory: object = None  # batch -> frozen ConcreteFunction with that fixed batch size
@@ -291,7 +292,7 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
     path = Path(path)
     loaded = _load(path)
     key, sig = _pick_signature(loaded, path, signature)
-    _in_name, in_shape, layout = _image_input(sig, path)
+    in_name, in_shape, layout = _image_input(sig, path)
     out_key = _pick_output(sig, path, output_key)
     frozen = convert_variables_to_constants_v2(sig)
     out_tensor = frozen.outputs[_flat_output_index(sig, out_key)].name
@@ -326,7 +327,8 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
         output_shape=fn.outputs[0].shape.as_list(), layout=layout, preprocessing=pre,
         preprocessing_origin=pre_origin, baked=bake_preprocessing, arch=arch, arch_origin=arch_origin,
         features=features, labels=_labels(meta, out_dim, features), source=path, signature_key=key,
-        output_key=out_key, rewrites={"gelu_canonicalized": n_gelu, "xca_fused": xca["fused"]}, xca=xca,
+        output_key=out_key, signature_input=in_name,
+        rewrites={"gelu_canonicalized": n_gelu, "xca_fused": xca["fused"]}, xca=xca,
         factory=factory,
     )
 

@@ -1,0 +1,121 @@
+"""`xcit-edge reference`: one tf.distribute code path for CPU, GPU and TPU. The distributed path runs here
+on the CPU split into logical devices (in a fresh process: TensorFlow fixes its devices at start-up);
+an unreachable TPU fails fast and writes nothing."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import one_line_error, run
+
+from xcit_edge.errors import UsageError
+from xcit_edge.reference import load_reference
+
+
+def _cli(*args, timeout=300):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1"}
+    return subprocess.run([sys.executable, "-m", "xcit_edge.cli", "-q", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def images30(held_out, tmp_path_factory):
+    """30 labelled images: not a multiple of any global batch used below."""
+    path = tmp_path_factory.mktemp("ref") / "30.npz"
+    np.savez(path, images=held_out[0][:30], labels=held_out[1][:30])
+    return path
+
+
+def test_distributed_cpu_equals_one_device_in_order(fixture_dir, images30, timm_fixture, tmp_path):
+    """4 logical CPU devices x 2 images (global batch 8, last batch padded from 6) against one device with
+    batch 2: the same outputs, bit for bit, in input order; and against timm per image."""
+    from conftest import timm_forward
+
+    from xcit_edge.calibration import normalize
+    from xcit_edge.preprocessing import timm_default
+
+    four, one = tmp_path / "four.npz", tmp_path / "one.npz"
+    res = _cli("reference", fixture_dir, "--calibration", images30, "--out", four, "--replicas", 4,
+               "--batch-size", 8, "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["placement"] == "4 logical CPU devices"
+    res = _cli("reference", fixture_dir, "--calibration", images30, "--out", one, "--batch-size", 2)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = load_reference(four), load_reference(one)
+    assert a.outputs.shape == (30, 10) and np.array_equal(a.outputs, b.outputs)
+    assert a.names == b.names and np.array_equal(a.labels, b.labels)
+    data = np.load(images30)
+    ref = timm_forward(timm_fixture, normalize(data["images"], timm_default(64)))
+    assert np.abs(a.outputs - ref).max() / np.abs(ref).max() < 1e-4  # image i's row is image i's output
+
+
+def test_unreachable_tpu_fails_fast_and_writes_nothing(fixture_dir, images30, tmp_path):
+    out = tmp_path / "ref.npz"
+    t0 = time.monotonic()
+    res = _cli("reference", fixture_dir, "--calibration", images30, "--out", out, "--device", "tpu",
+               "--tpu", "no-such-tpu", "--zone", "us-central1-b", "--project", "nowhere", timeout=120)
+    assert time.monotonic() - t0 < 60
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: TPU 'no-such-tpu'"), res.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_tpu_connection_that_hangs_times_out(monkeypatch):
+    """A TPU name that resolves but never answers: the connect step is bounded (here 1 s)."""
+    import tensorflow as tf
+
+    from xcit_edge.distribute import make_placement
+
+    def hang(**kwargs):
+        time.sleep(30)
+
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", hang)
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match=r"TPU 'slow': no answer within 1 s"):
+        make_placement("tpu", tpu="slow", timeout=1.0)
+    assert time.monotonic() - t0 < 5
+
+
+def test_highest_precision_reaches_xla(fixture_dir):
+    """--precision highest turns TF32 off, which TensorFlow's XLA bridge compiles into HIGHEST operand
+    precision on every dot (what a TPU then runs in full float32); default leaves it out."""
+    import tensorflow as tf
+
+    from xcit_edge.distribute import set_precision
+
+    loaded = tf.saved_model.load(str(fixture_dir))
+    fn = loaded.signatures["serving_default"]
+    x = tf.zeros([1, 64, 64, 3])
+    try:
+        for precision, expected in (("highest", True), ("default", False)):
+            set_precision(precision)
+            hlo = tf.function(lambda t: fn(input=t)["output"], jit_compile=True) \
+                .experimental_get_compiler_ir(x)(stage="hlo")
+            assert ("operand_precision={highest,highest}" in hlo) is expected, precision
+    finally:
+        set_precision("default")
+
+
+def test_convert_writes_the_reference_beside_the_artifacts(fixture_dir, images30, tmp_path):
+    out = tmp_path / "o"
+    res = run("--quiet", "convert", fixture_dir, "--target", "onnx", "--out", out, "--calibration", images30,
+              "--reference-device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "--max-images 30" in res.stdout
+    ref = load_reference(out / "reference.npz")
+    assert len(ref.names) == 30 and ref.meta["device"] == "cpu"
+    res = run("--quiet", "validate", out / "onnx", "--reference", out / "reference.npz", "--calibration", images30,
+              "--max-images", 30, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["reference"]["placement"] == "CPU"
+
+
+def test_reference_needs_a_gpu_to_run_on_one(fixture_dir, images30, tmp_path):
+    res = run("reference", fixture_dir, "--calibration", images30, "--out", tmp_path / "r.npz", "--device", "gpu")
+    assert "TensorFlow sees no GPU" in one_line_error(res)
+    assert not (tmp_path / "r.npz").exists()
