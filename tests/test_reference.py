@@ -119,3 +119,26 @@ def test_reference_needs_a_gpu_to_run_on_one(fixture_dir, images30, tmp_path):
     res = run("reference", fixture_dir, "--calibration", images30, "--out", tmp_path / "r.npz", "--device", "gpu")
     assert "TensorFlow sees no GPU" in one_line_error(res)
     assert not (tmp_path / "r.npz").exists()
+
+
+_WITHOUT_CONVERTERS = """
+import sys, importlib.abc
+BLOCK = {"onnx", "onnxruntime", "openvino", "tf2onnx", "nncf", "ai_edge_litert", "mediapipe", "torch", "timm"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCK:
+            raise ImportError("not on a TPU host: " + name)
+sys.meta_path.insert(0, Block())
+from xcit_edge.cli import main
+main()
+"""
+
+
+def test_reference_runs_on_a_host_without_the_converters(fixture_dir, images30, tmp_path):
+    """The README's TPU-host install has TensorFlow but no converters (nor torch): `reference` must not need them."""
+    out = tmp_path / "r.npz"
+    res = subprocess.run([sys.executable, "-c", _WITHOUT_CONVERTERS, "-q", "reference", str(fixture_dir),
+                          "--calibration", str(images30), "--out", str(out)], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert load_reference(out).outputs.shape == (30, 10)

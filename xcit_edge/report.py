@@ -177,8 +177,8 @@ def summary_lines(v) -> list[str]:
     lines = [f"Verdict: {'PASS' if v.passed else 'FAIL'} "
              f"({sum(a.passed for a in v.artifacts)} of {len(v.artifacts)} artifacts pass)",
              f"Reference: {r.get('from')} {r.get('file') or r.get('model')} (sha256 {str(r.get('sha256'))[:16]}…); "
-             f"computed on {r.get('device', '?')}, precision {r.get('precision', '?')}, TensorFlow "
-             f"{r.get('tensorflow', '?')}, host {r.get('host', '?')}",
+             f"computed on {r.get('placement') or r.get('device', '?')}, precision {r.get('precision', '?')}, "
+             f"TensorFlow {r.get('tensorflow', '?')}, host {r.get('host', '?')}",
              f"Calibration: {c['images']} images from {c['source']} (labels: {'yes' if c['labels'] else 'no'}; "
              f"{len(c['skipped'])} skipped; digest {c['digest'][:16]}…)"]
     return lines
