@@ -24,8 +24,8 @@ device's default (reduced precision on TPU).
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,32 +87,41 @@ def _tpu(tpu: str | None, zone: str | None, project: str | None, timeout: float)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return resolver
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tpu-connect")
-    try:
-        resolver = pool.submit(connect).result(timeout=timeout)
-    except concurrent.futures.TimeoutError as e:
+    # A daemon thread, not an executor: a connection that never answers must not keep the process
+    # alive at exit (executor threads are joined at interpreter shutdown).
+    result: dict = {}
+
+    def attempt():
+        try:
+            result["resolver"] = connect()
+        except Exception as e:  # noqa: BLE001 - handed to the caller below
+            result["error"] = e
+
+    worker = threading.Thread(target=attempt, name="tpu-connect", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
         raise UsageError(f"TPU {name!r}: no answer within {timeout:.0f} s (check --tpu, --zone, --project "
-                         "and that this host can reach it)") from e
-    except Exception as e:  # the resolver and the TPU runtime raise ValueError, RuntimeError, NotFoundError...
+                         "and that this host can reach it)")
+    if "error" in result:  # the resolver and the TPU runtime raise ValueError, RuntimeError, NotFoundError...
+        e = result["error"]
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise UsageError(f"TPU {name!r} is not reachable: {first}") from e
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    resolver = result["resolver"]
     strategy = tf.distribute.TPUStrategy(resolver)
     return Placement(strategy, "tpu", strategy.num_replicas_in_sync,
                      f"TPU {name} ({strategy.num_replicas_in_sync} cores)")
 
 
 def make_placement(device: str = "cpu", *, tpu: str | None = None, zone: str | None = None,
-                   project: str | None = None, replicas: int = 1,
-                   timeout: float = TPU_CONNECT_TIMEOUT) -> Placement:
+                   project: str | None = None, replicas: int = 1, timeout: float | None = None) -> Placement:
     """The strategy for `device` (see the module doc)."""
     import tensorflow as tf
 
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r} (use {', '.join(DEVICES)})")
     if device == "tpu":
-        return _tpu(tpu, zone, project, timeout)
+        return _tpu(tpu, zone, project, TPU_CONNECT_TIMEOUT if timeout is None else timeout)
     if tpu:
         raise UsageError("--tpu needs --device tpu")
     if device == "gpu":
