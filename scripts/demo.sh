@@ -20,4 +20,4 @@ status=0
 .venv/bin/xcit-edge validate "$OUT"/artifacts/* --source "$OUT/xcit_nano_12_p16_224" --calibration sample \
     --report "$OUT/report" || status=$?
 [ "$status" -le 1 ] || exit "$status"
-echo "report: $OUT/report/report.html (verdict exit code $status)"
+echo "validate exit code $status (1: an artifact misses its tolerances; with random weights the int8 targets do)"
