@@ -116,10 +116,11 @@ def test_convert_writes_the_reference_beside_the_artifacts(fixture_dir, images30
     assert "--max-images 30" in res.stdout
     ref = load_reference(out / "reference.npz")
     assert len(ref.names) == 30 and ref.meta["device"] == "cpu"
-    res = run("--quiet", "validate", out / "onnx", "--reference", out / "reference.npz", "--calibration", images30,
-              "--max-images", 30, "--json")
+    res = run("--quiet", "validate", *sorted(out.iterdir()), "--reference", out / "reference.npz",  # OUT/*
+              "--calibration", images30, "--max-images", 30, "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["reference"]["placement"] == "CPU"
+    doc = json.loads(res.stdout)
+    assert doc["reference"]["placement"] == "CPU" and [a["target"] for a in doc["artifacts"]] == ["onnx"]
 
 
 def test_reference_needs_a_gpu_to_run_on_one(fixture_dir, images30, tmp_path):

@@ -30,7 +30,7 @@ from xcit_edge.errors import UsageError
 from xcit_edge.fsutil import sha256_file, sha256_tree
 from xcit_edge.metrics import agreement, cosine, failures, kl_divergence
 from xcit_edge.preprocessing import Preprocessing
-from xcit_edge.reference import Reference, load_reference, run_reference
+from xcit_edge.reference import REFERENCE_FILE, Reference, load_reference, run_reference
 from xcit_edge.targets import TargetSpec, all_targets
 
 log = logging.getLogger(__name__)
@@ -287,6 +287,10 @@ def validate_one(art: OpenArtifact, x: np.ndarray, ref: Reference, labels: np.nd
 
 def validate(artifacts: list[Path], opts: ValidateOptions, progress: Progress | None = None) -> Validation:
     """Validate every artifact against the source model or a reference file (see the module doc)."""
+    refs = [p for p in artifacts if Path(p).is_file() and Path(p).name == REFERENCE_FILE]
+    for p in refs:  # `validate OUT/*` after `convert --reference-device` names the reference too
+        log.warning("%s is a reference file, not an artifact: skipped (pass it with --reference)", p)
+    artifacts = [p for p in artifacts if p not in refs]
     if not artifacts:
         raise UsageError("no artifacts to validate")
     if (opts.source is None) == (opts.reference is None):
