@@ -248,12 +248,13 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
         click.echo(json.dumps({"artifacts": [r.to_dict() for r in results]}, indent=2))
     else:
         _print_convert_summary(results)
-        if reference_device and (out / "reference.npz").is_file():
-            from xcit_edge.reference import load_reference
+        if reference_device:
+            from xcit_edge.reference import REFERENCE_FILE, load_reference
 
-            n = len(load_reference(out / "reference.npz").names)
-            click.echo(f"reference: {out / 'reference.npz'} ({n} images on {reference_device}); validate with "
-                       f"--reference {out / 'reference.npz'} --calibration {calibration or 'sample'} --max-images {n}")
+            ref_path = out / REFERENCE_FILE
+            n = len(load_reference(ref_path).names)
+            click.echo(f"reference: {ref_path} ({n} images on {reference_device}); validate with "
+                       f"--reference {ref_path} --calibration {calibration or 'sample'} --max-images {n}")
     if failed:
         ctx.exit(1)
 

@@ -256,7 +256,7 @@ def convert(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptio
     if progress:
         progress("target", len(targets), len(targets))
     if placement is not None:
-        _write_reference(src, cal, opts, placement, out)
+        _write_reference(src, source_info["sha256"], cal, opts, placement, out)
     return results
 
 
@@ -270,11 +270,13 @@ def _reference_placement(ropts: ReferenceOptions | None):
                           replicas=ropts.replicas)
 
 
-def _write_reference(src, cal: CalibrationSet, opts: ConvertOptions, placement, out: Path) -> None:
+def _write_reference(src, model_sha256: str, cal: CalibrationSet, opts: ConvertOptions, placement,
+                     out: Path) -> None:
     """The source's outputs on the calibration images, beside the artifacts (`validate --reference`)."""
     graph = prepare(src.path, signature=opts.signature, output_key=opts.output_key, preprocessing=opts.preprocessing,
                     allow_unknown=True, fuse=False)  # float input, as written: what the reference runs
-    ref = run_reference(graph, placement, cal, src.ref, opts.reference.batch_size, opts.reference.precision)
+    ref = run_reference(graph, placement, cal, src.ref, model_sha256, opts.reference.batch_size,
+                        opts.reference.precision)
     ref.save(out / REFERENCE_FILE)
     log.info("reference outputs of %d images (%s) written to %s", len(cal), placement.description,
              out / REFERENCE_FILE)

@@ -140,10 +140,11 @@ def compute_reference(model: str, data: str, *, labels_file: Path | None = None,
     cb = (lambda d, n: progress("calibration", d, n)) if progress else None
     cal = load_calibration(data, graph.preprocessing, class_names=graph.labels, labels_file=labels_file,
                            limit=max_images, progress=cb)
-    return run_reference(graph, placement, cal, src.ref, opts.batch_size, opts.precision, progress)
+    return run_reference(graph, placement, cal, src.ref, sha256_tree(src.path), opts.batch_size, opts.precision,
+                         progress)
 
 
-def run_reference(graph, placement, cal: CalibrationSet, model_ref: str, batch_size: int = 32,
+def run_reference(graph, placement, cal: CalibrationSet, model_ref: str, model_sha256: str, batch_size: int = 32,
                   precision: str = "default", progress=None) -> Reference:
     """The source SavedModel's own serving function (not the frozen graph) over `cal` under `placement`:
     what `reference` stores and what `validate --source` compares against, computed the same way so
@@ -160,4 +161,4 @@ def run_reference(graph, placement, cal: CalibrationSet, model_ref: str, batch_s
                           progress=(lambda d, n: progress("reference", d, n)) if progress else None)
     meta = _meta(graph, cal, model_ref, device=placement.device, precision=precision,
                  placement=placement.description)
-    return Reference(out, list(cal.names), cal.labels, sha256_tree(graph.source), cal.images_digest, meta)
+    return Reference(out, list(cal.names), cal.labels, model_sha256, cal.images_digest, meta)

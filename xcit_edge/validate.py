@@ -108,9 +108,6 @@ class Validation:
     reference: dict
     calibration: dict
     kind: str
-    class_names: list[str] | None
-    names: list[str]
-    labels: np.ndarray | None
     ref_outputs: np.ndarray
 
     @property
@@ -199,7 +196,7 @@ def _reference_from_source(opts: ValidateOptions, arts: list[OpenArtifact], pre:
         log.warning("%s is not the model the artifacts were converted from (sha256 %s…, manifest %s…); "
                     "comparing anyway", opts.source, src_sha[:12], sha[:12])
     cal = cal_loader(graph.labels)
-    ref = run_reference(graph, make_placement("cpu"), cal, src.ref, progress=progress)
+    ref = run_reference(graph, make_placement("cpu"), cal, src.ref, src_sha, progress=progress)
     return ref, cal, graph
 
 
@@ -235,18 +232,23 @@ def _run_timed(art: OpenArtifact, x: np.ndarray, progress: Progress | None) -> t
                                   "batch": 1, "images": len(x)}
 
 
+def _class_name(class_names: list[str] | None, i: int) -> str:
+    return class_names[i] if class_names and 0 <= i < len(class_names) else str(i)
+
+
 def _worst(out: np.ndarray, ref: np.ndarray, idx: list[int], names: list[str], labels, kind: str,
            class_names: list[str] | None) -> list[dict]:
     def cls(i: int) -> str:
-        return class_names[i] if class_names and 0 <= i < len(class_names) else str(i)
+        return _class_name(class_names, i)
 
     cos = cosine(out[idx], ref[idx])
+    kl = kl_divergence(out[idx], ref[idx]) if kind == "logits" else None
     rows = []
     for k, i in enumerate(idx):
         row = {"image": names[i], "cosine": float(cos[k])}
-        if kind == "logits":
-            row.update(kl=float(kl_divergence(out[i:i + 1], ref[i:i + 1])[0]),
-                       reference_top1=cls(int(ref[i].argmax())), artifact_top1=cls(int(out[i].argmax())))
+        if kl is not None:
+            row.update(kl=float(kl[k]), reference_top1=cls(int(ref[i].argmax())),
+                       artifact_top1=cls(int(out[i].argmax())))
             if labels is not None:
                 row["label"] = cls(int(labels[i]))
         rows.append(row)
@@ -261,7 +263,7 @@ def _per_class(out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None,
     for c in np.unique(labels):
         m = labels == c
         acc, ref_acc = float((out[m].argmax(-1) == c).mean()), float((ref[m].argmax(-1) == c).mean())
-        name = class_names[c] if class_names and c < len(class_names) else str(int(c))
+        name = _class_name(class_names, int(c))
         rows.append({"class": name, "images": int(m.sum()), "reference_accuracy": ref_acc, "accuracy": acc,
                      "drop": 100.0 * (ref_acc - acc)})
     return rows
@@ -323,7 +325,7 @@ def validate(artifacts: list[Path], opts: ValidateOptions, progress: Progress | 
         results.append(res)
     calib = {"source": cal.source, "images": len(cal), "digest": cal.images_digest, "labels": cal.labels is not None,
              "skipped": [{"image": n, "why": w} for n, w in cal.skipped]}
-    return Validation(results, ref_info, calib, arts[0].kind, class_names, cal.names, cal.labels, ref.outputs)
+    return Validation(results, ref_info, calib, arts[0].kind, ref.outputs)
 
 
 def _localize(graph, art: OpenArtifact, cal: CalibrationSet, pre: Preprocessing) -> dict:
