@@ -74,7 +74,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj.update(verbose=verbose, quiet=quiet, debug=debug)
     _setup_logging(verbose, quiet)
-    if ctx.invoked_subcommand and not verbose:
+    if ctx.invoked_subcommand and ctx.invoked_subcommand != "bench" and not verbose:  # bench runs no TF
         from xcit_edge.tfimport import import_tensorflow_quietly
 
         import_tensorflow_quietly()
@@ -328,14 +328,12 @@ def validate(ctx, artifacts, source, reference, calibration, labels_file, max_im
 
 
 def _print_validation(result, report_dir) -> None:
-    from xcit_edge.report import failure_lines, summary_lines, table_rows
+    from xcit_edge.report import failure_lines, summary_lines, table_rows, text_table
 
     for line in summary_lines(result):
         click.echo(line)
-    head, rows = table_rows(result)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    for r in [head, *rows]:
-        click.echo("  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)))
+    for line in text_table(*table_rows(result)):
+        click.echo(line)
     for a in result.artifacts:
         if not a.passed:
             for line in failure_lines(a):
@@ -385,6 +383,55 @@ def reference(ctx, model, calibration, out, labels_file, max_images, weights, si
     else:
         click.echo(f"wrote {out}: {info['images']} images, {ref.kind} {info['outputs']}, on {info['placement']} "
                    f"(precision {precision}, TensorFlow {info['tensorflow']})")
+
+
+def _counts(value: str | None, what: str) -> tuple[int, ...] | None:
+    """'1,8' -> (1, 8); a bad list is a usage error (exit 2)."""
+    if value is None:
+        return None
+    try:
+        counts = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"{value!r}: give positive integers, comma-separated", param_hint=what)
+    return counts
+
+
+@main.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--batch", "batches", default="1", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--threads", help="Runtime thread counts, comma-separated (default: the usable cores).")
+@click.option("--iterations", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Timed calls per artifact and configuration.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed calls first.")
+@click.option("--turn", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Calls per turn: the artifacts take turns so that machine drift hits all alike.")
+@click.option("--no-memory", is_flag=True, help="Skip the peak-memory probes (a child process per artifact).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+@click.pass_context
+def bench(ctx, artifacts, batches, threads, iterations, warmup, turn, no_memory, as_json):
+    """Latency (median, p90), throughput, peak memory and size of ARTIFACTS, each in its own runtime;
+    ratios to the first."""
+    from xcit_edge.bench import BenchOptions, table_rows
+    from xcit_edge.bench import bench as run_bench
+    from xcit_edge.report import text_table
+
+    opts = BenchOptions(batches=_counts(batches, "--batch"), iterations=iterations, warmup=warmup, turn=turn,
+                        memory=not no_memory)
+    if threads is not None:
+        opts.threads = _counts(threads, "--threads")
+    progress = _Bars(ctx.obj.get("quiet", False))
+    with progress.bar:
+        result = run_bench(list(artifacts), opts, progress=progress)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    m = result.machine
+    click.echo(f"{m['processor']}, {m['usable_cores']} usable cores; median of {iterations} calls after {warmup} "
+               f"warm-up, artifacts taking turns of {turn}")
+    for line in text_table(*table_rows(result.timings)):
+        click.echo(line)
 
 
 if __name__ == "__main__":

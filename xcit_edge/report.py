@@ -152,6 +152,12 @@ def _fmt(x, digits: int = 4) -> str:
     return str(x)
 
 
+def text_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """Left-aligned columns for a terminal (validate and bench print their tables with it)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    return ["  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
+
+
 def table_rows(v) -> tuple[list[str], list[list[str]]]:
     logits = v.kind == "logits"
     head = ["target", "verdict", "cosine (mean)", "cosine (min)", "max abs err"]

@@ -119,7 +119,7 @@ class Validation:
                 "calibration": self.calibration, "artifacts": [a.to_dict() for a in self.artifacts]}
 
 
-def _spec(manifest: dict, where: Path) -> TargetSpec:
+def shipped_spec(manifest: dict, where: Path) -> TargetSpec:
     """The shipped spec of the manifest's target: tolerances come from the package, never from the
     (untrusted, editable) manifest."""
     target = manifest.get("target")
@@ -144,18 +144,31 @@ def _check_files(where: Path, manifest: dict) -> None:
             raise UsageError(f"{where}: {name} does not match its manifest (sha256 differs): corrupt or modified")
 
 
-def open_artifact(path: Path) -> OpenArtifact:
-    """Open an artifact directory (or its model file): manifest, file hashes, then its runtime."""
+def artifact_paths(paths: list[Path], command: str) -> list[Path]:
+    """The artifact directories among PATHS: `OUT/*` after `convert --reference-device` names the
+    reference file too, which is skipped with a warning. None left is bad input."""
+    refs = [p for p in paths if Path(p).is_file() and Path(p).name == REFERENCE_FILE]
+    for p in refs:
+        log.warning("%s is a reference file, not an artifact: skipped", p)
+    paths = [p for p in paths if p not in refs]
+    if not paths:
+        raise UsageError(f"no artifacts to {command}")
+    return paths
+
+
+def open_artifact(path: Path, threads: int | None = None) -> OpenArtifact:
+    """Open an artifact directory (or its model file): manifest, file hashes, then its runtime
+    (threads: the runtime's thread count, None for its default)."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"artifact not found: {path}")
     where = path if path.is_dir() else path.parent
     manifest = read_manifest(where)
-    spec = _spec(manifest, where)
+    spec = shipped_spec(manifest, where)
     _check_files(where, manifest)
     mod = backend(spec.backend)
     try:
-        session = mod.load(where / spec.file, spec)
+        session = mod.load(where / spec.file, spec, threads)
     except Exception as e:  # each runtime has its own exception types for a model it refuses
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise UsageError(f"{where}: {spec.backend} cannot load {spec.file} ({first})") from e
@@ -289,12 +302,7 @@ def validate_one(art: OpenArtifact, x: np.ndarray, ref: Reference, labels: np.nd
 
 def validate(artifacts: list[Path], opts: ValidateOptions, progress: Progress | None = None) -> Validation:
     """Validate every artifact against the source model or a reference file (see the module doc)."""
-    refs = [p for p in artifacts if Path(p).is_file() and Path(p).name == REFERENCE_FILE]
-    for p in refs:  # `validate OUT/*` after `convert --reference-device` names the reference too
-        log.warning("%s is a reference file, not an artifact: skipped (pass it with --reference)", p)
-    artifacts = [p for p in artifacts if p not in refs]
-    if not artifacts:
-        raise UsageError("no artifacts to validate")
+    artifacts = artifact_paths(artifacts, "validate")
     if (opts.source is None) == (opts.reference is None):
         raise UsageError("give exactly one of --source MODEL and --reference REF.npz")
     if not opts.calibration:

@@ -221,11 +221,17 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
                                           "xca_form": form, **details})
 
 
-def load(path: Path, spec=None):
+def load(path: Path, spec=None, threads: int | None = None):
+    """An ONNX Runtime CPU session. threads: intra-op threads; with a count given, idle workers block instead
+    of spinning, so other work in the process (another runtime taking its turn in `bench`) is not slowed."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

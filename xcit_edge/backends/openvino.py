@@ -111,12 +111,17 @@ def _save(model, spec, workdir: Path) -> Conversion:
     return Conversion([spec.file, xml.with_suffix(".bin").name], kept, {"ops": ops, "xca_blocks": blocks})
 
 
-def load(path: Path, spec=None):
+def load(path: Path, spec=None, threads: int | None = None):
+    """Compiled for CPU with the target's inference precision and performance hint (LATENCY: one stream,
+    what a single synchronous request wants). threads: INFERENCE_NUM_THREADS."""
     import openvino as ov
 
-    precision = (spec.options.get("inference_precision", "f32") if spec else "f32")
-    core = ov.Core()
-    return core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    options = spec.options if spec else {}
+    config = {"INFERENCE_PRECISION_HINT": options.get("inference_precision", "f32"),
+              "PERFORMANCE_HINT": options.get("performance_hint", "LATENCY")}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return ov.Core().compile_model(str(path), "CPU", config)
 
 
 def run(compiled, x: np.ndarray) -> np.ndarray:
