@@ -51,6 +51,19 @@ def to_onnx(graph, opset: int):
     return onnx.load_from_string(graph.cache[key])
 
 
+def optimized_onnx(graph, opset: int) -> tuple[object, dict]:
+    """`to_onnx` with `onnx_optimize`'s rewrites, XCA blocks inlined; computed once per graph (the `onnx`
+    target and the OpenVINO targets, which are read from it, share it)."""
+    import onnx
+
+    key = ("onnx-optimized", opset)
+    if key not in graph.cache:
+        model, rewrites = optimize(to_onnx(graph, opset))
+        graph.cache[key] = (model.SerializeToString(), rewrites)
+    data, rewrites = graph.cache[key]
+    return onnx.load_from_string(data), dict(rewrites)
+
+
 def _tf2onnx(graph, opset: int):
     import onnx
     from tf2onnx import convert as tf2onnx_convert
@@ -208,8 +221,7 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
         kept = float_nodes(onnx.load(str(out)))
     else:
         if spec.options.get("optimize", False):
-            model, rewrites = optimize(model)
-            details["rewrites"] = rewrites
+            model, details["rewrites"] = optimized_onnx(graph, opset)
         if not spec.options.get("inline_functions"):
             model, packaged = package_xca(model)
             form = "function" if packaged else form
