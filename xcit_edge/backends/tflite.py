@@ -162,9 +162,6 @@ def runs_with_xnnpack(path: Path) -> bool:
     return proc.returncode == 0
 
 
-MAX_INVOKE_BATCH = 32  # bounds the activation memory one invoke allocates
-
-
 def _interpreter(path: Path, threads: int | None = None, delegates: bool = True):
     """A LiteRT interpreter; without the default (XNNPACK) delegate, ops are listed as they are."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -182,14 +179,12 @@ def load(path: Path, spec=None, threads: int | None = None):
 
 
 def run(interp, x: np.ndarray) -> np.ndarray:
-    """Whole batches in one invoke when the model's batch is dynamic (the input is resized once), else one
-    image per invoke."""
+    """One image per invoke: converted artifacts have batch 1 (what phones run)."""
     inp = interp.get_input_details()[0]
     out = interp.get_output_details()[0]
-    step = min(len(x), MAX_INVOKE_BATCH) if int(inp["shape_signature"][0]) == -1 else 1
     outs = []
-    for i in range(0, len(x), step):
-        xi = x[i:i + step]
+    for i in range(len(x)):
+        xi = x[i:i + 1]
         if inp["dtype"] != np.float32 and xi.dtype != inp["dtype"]:
             scale, zero = inp["quantization"]
             xi = np.clip(np.round(xi / scale + zero), *_range(inp["dtype"])).astype(inp["dtype"])
