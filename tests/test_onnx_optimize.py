@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from xcit_edge.backends.onnx_optimize import fold_tensordot, fuse_layernorm, optimize
+from xcit_edge.backends.onnx_optimize import fold_scales, fold_tensordot, fuse_layernorm, optimize
 
 D = 8
 
@@ -82,3 +82,81 @@ def test_optimize_never_changes_what_the_model_computes(root):
     model, report = optimize(_layernorm_model(root))
     assert np.abs(_run(model, x) - _run(_layernorm_model(root), x)).max() <= 1e-5
     assert report["layernorm"] == (1 if root == "Sqrt" else 0)
+
+
+def _model(nodes, inits, x_shape, y_shape) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                              [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _layerscale_model(gamma_shape) -> onnx.ModelProto:
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+             helper.make_node("Mul", ["a", "g"], ["ag"]), helper.make_node("Add", ["x", "ag"], ["y"])]  # residual
+    inits = {"w": rng.standard_normal((D, D)), "b": rng.standard_normal(D),
+             "g": rng.uniform(0.1, 2, gamma_shape)}
+    return _model(nodes, inits, ["B", D, D], ["B", D, D])
+
+
+def test_layerscale_folds_into_the_matmul_and_a_token_scale_does_not():
+    x = np.random.default_rng(6).standard_normal((2, D, D)).astype(np.float32)
+    folded, n = fold_scales(_layerscale_model((D,)))
+    assert n == 1 and [node.op_type for node in folded.graph.node] == ["MatMul", "Add", "Add"]
+    np.testing.assert_allclose(_run(folded, x), _run(_layerscale_model((D,)), x), rtol=1e-5, atol=1e-5)
+    # tokens = channels: a (D, 1) constant scales tokens, not channels; folding it would be wrong
+    same, n = fold_scales(_layerscale_model((D, 1)))
+    assert n == 0 and len(same.graph.node) == 4
+    # a Mul that is the graph's output keeps its name there: left alone
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+             helper.make_node("Mul", ["a", "g"], ["y"])]
+    inits = {"w": np.eye(D), "b": np.ones(D), "g": np.full(D, 2.0)}
+    last, n = fold_scales(_model(nodes, inits, ["B", D, D], ["B", D, D]))
+    assert n == 0 and len(last.graph.node) == 3
+
+
+def _lpi_model() -> onnx.ModelProto:
+    """TensorFlow's LPI after its optimizer: GELU (x·0.5)·((erf(x/√2)+1)·s) + b -> depthwise 3x3 conv, padded."""
+    rng = np.random.default_rng(7)
+    nodes = [helper.make_node("Div", ["x", "sqrt2"], ["xs"]), helper.make_node("Erf", ["xs"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["e1", "s"], ["es"]),
+             helper.make_node("Mul", ["x", "half"], ["xh"]), helper.make_node("Mul", ["xh", "es"], ["g"]),
+             helper.make_node("Add", ["g", "b"], ["gb"]),
+             helper.make_node("Conv", ["gb", "w", "wb"], ["y"], group=D, pads=[1, 1, 1, 1])]
+    inits = {"sqrt2": np.sqrt(2.0), "one": np.ones((1, 1, 1, 1)), "half": 0.5,
+             "s": rng.uniform(0.2, 2, (1, D, 1, 1)), "b": rng.standard_normal((1, D, 1, 1)),
+             "w": rng.standard_normal((D, 1, 3, 3)), "wb": rng.standard_normal(D)}
+    return _model(nodes, inits, ["B", D, 6, 6], ["B", D, 6, 6])
+
+
+def _ort_optimized_ops(model) -> list[str]:
+    import tempfile
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = f"{tempfile.mkdtemp()}/opt.onnx"
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
+def test_batchnorm_scale_leaves_the_gelu_for_the_conv_exactly_at_the_border():
+    x = np.random.default_rng(8).standard_normal((2, D, 6, 6)).astype(np.float32)
+    want = _run(_lpi_model(), x)
+    assert "Erf" in _ort_optimized_ops(_lpi_model())  # as TensorFlow leaves it, no GELU fusion matches
+    model, report = optimize(_lpi_model())
+    assert report["scales_folded"] == 1 and report["gelu_div"] == 0
+    np.testing.assert_allclose(_run(model, x), want, rtol=1e-5, atol=1e-5)  # the padded border included
+    ops = _ort_optimized_ops(model)
+    assert "Gelu" in ops and "Erf" not in ops
+
+
+def test_onnx_runtime_fuses_every_gelu_of_the_fixture_artifact(fixture_artifacts):
+    from pathlib import Path
+
+    from onnx import inliner
+
+    model = inliner.inline_local_functions(onnx.load(str(Path(fixture_artifacts["onnx"]["path"]) / "model.onnx")))
+    erfs = sum(n.op_type == "Erf" for n in model.graph.node)
+    ops = _ort_optimized_ops(model)
+    assert erfs > 0 and "Erf" not in ops and ops.count("Gelu") + ops.count("BiasGelu") == erfs

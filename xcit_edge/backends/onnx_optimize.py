@@ -12,9 +12,17 @@ form TFLite needs); ONNX Runtime fuses only `erf(x / 1.4142135)` into its Gelu k
   added) and confirmed by value: the model is run once on a seeded probe and the candidate
   output must equal numpy's LayerNorm of the probed input with the block's own γ and β
   constants. Anything that does not verify is left as it is.
-* `gelu_div_form`: `Erf(Mul(x, 1/√2))` becomes `Erf(Div(x, √2))`.
+* `gelu_div_form`: `Erf(Mul(x, 1/√2))` becomes `Erf(Div(x, √2))`, and a `+1` constant of shape
+  (1, 1, 1, 1) a scalar (ONNX Runtime's GeluFusion takes only a scalar there).
+* `fold_scales`: per-channel constant multiplications folded into the weights next to them.
+  LayerScale (`gamma * x` after every attention, LPI and MLP branch) into the preceding MatMul and
+  bias, or the preceding Conv when only its NHWC transpose and reshape stand between; the LPI's
+  BatchNorm scale, which TensorFlow's optimizer multiplies into the GELU before tf2onnx sees it
+  (`(x·0.5)·((erf(x/√2)+1)·s)`, a form no GELU fusion matches), moved out of the GELU and into the
+  next Conv's weights (`conv(s·g + b) = conv_{w·s}(g + b/s)`, exact also at the zero-padded border).
+  nano: 52 Mul nodes gone and 15 more GELUs ONNX Runtime fuses.
 
-`optimize` applies both and checks the whole rewritten model against the original on the
+`optimize` applies them all and checks the whole rewritten model against the original on the
 probe (1e-5 relative max error), else returns the original.
 """
 
@@ -197,12 +205,18 @@ def fold_tensordot(model) -> tuple[object, int]:
 
 
 def gelu_div_form(model) -> tuple[object, int]:
-    """`Erf(Mul(x, 1/√2))` -> `Erf(Div(x, √2))`, the form ONNX Runtime fuses into Gelu."""
+    """`Erf(Mul(x, 1/√2))` -> `Erf(Div(x, √2))`, and the `+1` after it a scalar: the form ONNX Runtime
+    fuses into Gelu. Returns the number of Mul -> Div rewrites."""
     from onnx import numpy_helper
 
     ix = _Index(model)
     done = 0
-    for erf in [n for n in model.graph.node if n.op_type == "Erf"]:
+    for k, erf in enumerate([n for n in model.graph.node if n.op_type == "Erf"]):
+        add = _only_consumer(ix, erf.output[0])
+        one = add is not None and add.op_type == "Add" and _scalar_one(ix, add)
+        if one:  # (1, 1, 1, 1) after an NCHW tensor: the same values as a scalar
+            add.input[:] = [f"{one}/scalar{k}" if i == one else i for i in add.input]
+            model.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), f"{one}/scalar{k}"))
         mul = ix.producer.get(erf.input[0])
         c = mul is not None and mul.op_type == "Mul" and ix.const(mul, "")
         if c is None or c is False or np.size(c) != 1 or abs(float(np.reshape(c, -1)[0]) - 2 ** -0.5) > 1e-6:
@@ -215,6 +229,130 @@ def gelu_div_form(model) -> tuple[object, int]:
         mul.op_type = "Div"
         mul.input[:] = [x, name]
         done += 1
+    drop_unused(model)
+    return model, done
+
+
+def _scalar_one(ix: _Index, add) -> str | None:
+    """The name of `add`'s constant input when it is 1.0 in a shape other than a scalar."""
+    for name in add.input:
+        c = ix.inits.get(name)
+        if c is not None and c.size == 1 and c.ndim > 0 and float(c.reshape(-1)[0]) == 1.0:
+            return name
+    return None
+
+
+def _per_channel(ix: _Index, node, channels: int | None = None, axis: int = -1) -> tuple[str, np.ndarray] | None:
+    """(name, values) of `node`'s constant operand when it varies along `axis` only: the last axis of
+    tokens (shape (C,) or (1, 1, C)), or axis 1 of an NCHW tensor (shape (1, C, 1, 1))."""
+    for name in node.input:
+        c = ix.inits.get(name)
+        if c is None or c.size < 2 or (channels and c.size != channels) or (axis == 1 and c.ndim != 4):
+            continue
+        if c.shape[axis] == c.size:
+            return name, c.reshape(-1).astype(np.float32)
+    return None
+
+
+def _only_consumer(ix: _Index, tensor: str):
+    users = ix.consumers.get(tensor, [])
+    return users[0] if len(users) == 1 else None
+
+
+def _set_init(model, ix: _Index, name: str, value: np.ndarray) -> str:
+    """A new initializer (the old one may be shared): returns its name."""
+    from onnx import numpy_helper
+
+    new = f"{name}/folded{len(model.graph.initializer)}"
+    model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), new))
+    ix.inits[new] = value
+    return new
+
+
+def _bypass(ix: _Index, node) -> None:
+    """Consumers of `node`'s output read its data input instead (node is then unused)."""
+    src = next(i for i in node.input if i not in ix.inits)
+    for c in ix.consumers.get(node.output[0], []):
+        c.input[:] = [src if i == node.output[0] else i for i in c.input]
+
+
+def _layerscale_into_matmul(model, ix: _Index, mul) -> bool:
+    """Mul(Add(MatMul(x, W), b), g) -> Add(MatMul(x, W·g), b·g)."""
+    add = ix.producer.get(next((i for i in mul.input if i not in ix.inits), ""))
+    mm = add is not None and add.op_type == "Add" and ix.producer.get(next((i for i in add.input if i not in ix.inits),
+                                                                           ""))
+    if not mm or mm.op_type != "MatMul" or mm.input[1] not in ix.inits or ix.inits[mm.input[1]].ndim != 2:
+        return False
+    w = ix.inits[mm.input[1]]
+    g, b = _per_channel(ix, mul, w.shape[1]), _per_channel(ix, add, w.shape[1])
+    if g is None or b is None or _only_consumer(ix, add.output[0]) is not mul or \
+            _only_consumer(ix, mm.output[0]) is not add:
+        return False
+    mm.input[1] = _set_init(model, ix, mm.input[1], w * g[1])
+    add.input[:] = [_set_init(model, ix, b[0], b[1] * g[1]) if i == b[0] else i for i in add.input]
+    _bypass(ix, mul)
+    return True
+
+
+def _layerscale_into_conv(model, ix: _Index, mul) -> bool:
+    """Mul(Reshape(Transpose(Conv(x, W, B), NCHW->NHWC)), g) -> the same with W·g, B·g per output channel."""
+    rs = ix.producer.get(next((i for i in mul.input if i not in ix.inits), ""))
+    tr = rs is not None and rs.op_type == "Reshape" and ix.producer.get(rs.input[0])
+    conv = tr and tr.op_type == "Transpose" and ix.producer.get(tr.input[0])
+    if not conv or conv.op_type != "Conv" or len(conv.input) != 3 or not all(i in ix.inits for i in conv.input[1:]):
+        return False
+    perm = next((list(a.ints) for a in tr.attribute if a.name == "perm"), None)
+    w = ix.inits[conv.input[1]]
+    g = _per_channel(ix, mul, w.shape[0])
+    shape = ix.inits.get(rs.input[1])
+    if perm != [0, 2, 3, 1] or g is None or shape is None or int(shape[-1]) != w.shape[0] or \
+            _only_consumer(ix, rs.output[0]) is not mul or _only_consumer(ix, tr.output[0]) is not rs or \
+            _only_consumer(ix, conv.output[0]) is not tr:
+        return False
+    conv.input[1] = _set_init(model, ix, conv.input[1], w * g[1][:, None, None, None])
+    conv.input[2] = _set_init(model, ix, conv.input[2], ix.inits[conv.input[2]] * g[1])
+    _bypass(ix, mul)
+    return True
+
+
+def _gelu_scale_into_conv(model, ix: _Index, scaled) -> bool:
+    """GELU (x·0.5)·((erf+1)·s) + b -> Conv  =>  (x·0.5)·(erf+1) + b/s -> Conv with weights ·s."""
+    one = ix.producer.get(next((i for i in scaled.input if i not in ix.inits), ""))
+    outer = _only_consumer(ix, scaled.output[0])
+    add = outer is not None and outer.op_type == "Mul" and _only_consumer(ix, outer.output[0])
+    conv = add and add.op_type == "Add" and _only_consumer(ix, add.output[0])
+    if one is None or one.op_type != "Add" or not any(ix.producer.get(i) is not None and
+                                                      ix.producer[i].op_type == "Erf" for i in one.input):
+        return False
+    if not conv or conv.op_type != "Conv" or conv.input[0] != add.output[0] or conv.input[1] not in ix.inits:
+        return False
+    w = ix.inits[conv.input[1]]
+    group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+    channels = w.shape[0] if group == w.shape[0] and w.shape[1] == 1 else w.shape[1] if group == 1 else None
+    s, b = _per_channel(ix, scaled, channels, axis=1), _per_channel(ix, add, channels, axis=1)
+    if channels is None or s is None or b is None or np.abs(s[1]).min() <= 1e-6 * np.abs(s[1]).max():
+        return False
+    scale = s[1][:, None, None, None] if group > 1 else s[1][None, :, None, None]
+    conv.input[1] = _set_init(model, ix, conv.input[1], w * scale)
+    add.input[:] = [_set_init(model, ix, b[0], (b[1] / s[1]).reshape(ix.inits[b[0]].shape)) if i == b[0] else i
+                    for i in add.input]
+    _bypass(ix, scaled)
+    return True
+
+
+def fold_scales(model) -> tuple[object, int]:
+    """Per-channel constant Muls folded into neighbouring weights (module doc); returns the count."""
+    ix = _Index(model)
+    outputs = {o.name for o in model.graph.output}
+    done = 0
+    for mul in [n for n in model.graph.node if n.op_type == "Mul"]:
+        if mul.output[0] in outputs or (_per_channel(ix, mul) is None and _per_channel(ix, mul, axis=1) is None):
+            continue
+        if _layerscale_into_matmul(model, ix, mul) or _layerscale_into_conv(model, ix, mul) or \
+                _gelu_scale_into_conv(model, ix, mul):
+            done += 1
+            ix = _Index(model)  # consumers changed
+    drop_unused(model)
     return model, done
 
 
@@ -246,8 +384,9 @@ def optimize(model) -> tuple[object, dict]:
     original.CopyFrom(model)
     model, n_td = fold_tensordot(model)
     model, n_ln = fuse_layernorm(model)
+    model, n_scales = fold_scales(model)
     model, n_gelu = gelu_div_form(model)
-    counts = {"tensordot_folded": n_td, "layernorm": n_ln, "gelu_div": n_gelu}
+    counts = {"tensordot_folded": n_td, "layernorm": n_ln, "scales_folded": n_scales, "gelu_div": n_gelu}
     if not any(counts.values()):
         return original, counts
     out = original.graph.output[0].name
