@@ -5,8 +5,10 @@ For each model: seeded timm weights -> `xcit-edge build` (our Keras XCiT, SavedM
 taking turns (`xcit_edge.bench`: warm-up, median/p90, throughput, same threads, same seeded input):
 
 - every xcit-edge artifact in its runtime, and the optimizations they carry switched off one at a time
-  (`--no-variants` skips these): ONNX without `onnx_optimize`, ONNX after ONNX Runtime's offline
-  optimization, OpenVINO with the THROUGHPUT hint, TFLite on LiteRT's builtin kernels (no XNNPACK);
+  (`--no-variants` skips these): ONNX without `onnx_optimize`, ONNX without its scale folding, ONNX after
+  ONNX Runtime's offline optimization (on, as it is not shipped), OpenVINO with the THROUGHPUT hint,
+  OpenVINO read from the TensorFlow graph instead of the optimized ONNX, TFLite int8 with only the L2
+  normalization in float (the policy before), TFLite fp16 and int8 on LiteRT's builtin kernels (no XNNPACK);
 - the TF SavedModel (its serving function, eager TF), timm PyTorch eager, timm -> `torch.onnx.export`
   in ONNX Runtime, and timmx's ONNX and OpenVINO exports where `timmx` is installed
   (`pip install 'timmx[onnx,openvino]'`).
@@ -181,33 +183,56 @@ def _openvino_candidate(name: str, xml: Path, size: int, nchw: bool, hint: str) 
 
 def variants(prep: dict, size: int, work: Path) -> list[Candidate]:
     """The shipped artifacts with one optimization off (or, for ORT's offline optimization, on)."""
-    from xcit_edge.backends import backend
     from xcit_edge.backends import tflite as tfl
     from xcit_edge.graph import prepare as prepare_graph
-    from xcit_edge.targets import all_targets
 
-    arts, out = prep["artifacts"], []
-    spec = all_targets()["onnx"]
-    plain = work / "onnx-unoptimized"
-    plain.mkdir(exist_ok=True)
-    backend("onnx").convert(prepare_graph(prep["savedmodel"]), replace(spec, options={**spec.options,
-                                                                                       "optimize": False}),
-                            None, plain)
-    out.append(_ort_candidate("onnx, onnx_optimize off", plain / spec.file, size, False))
-    out.append(_ort_candidate("onnx + ORT offline-optimized", _ort_offline(arts / "onnx" / spec.file, work),
+    arts, graph = prep["artifacts"], prepare_graph(prep["savedmodel"])
+    out = [_ort_candidate(name, _convert(graph, "onnx", options, work / slug), size, False)
+           for name, slug, options in (("onnx, onnx_optimize off", "onnx-plain", {"optimize": False}),
+                                       ("onnx, fold_scales off", "onnx-no-scales",
+                                        {"optimize_skip": ["scales_folded"]}))]
+    out.append(_ort_candidate("onnx + ORT offline-optimized", _ort_offline(arts / "onnx" / "model.onnx", work),
                               size, False))
     out.append(_openvino_candidate("openvino, THROUGHPUT hint", arts / "openvino" / "model.xml", size, False,
                                    "THROUGHPUT"))
-    for target in ("tflite-fp16", "tflite-int8"):
-        path = arts / target / "model.tflite"
-
-        def load(threads: int, path=path):
-            interp = tfl._interpreter(path, threads, delegates=False)
+    out.append(_openvino_candidate("openvino, read from TF (not ONNX)", _openvino_from_tf(graph, work), size, False,
+                                   "LATENCY"))
+    calib = np.random.default_rng(0).standard_normal((32, size, size, 3), dtype=np.float32)  # timing only
+    l2norm_only = _convert(graph, "tflite-int8", {}, work / "tflite-int8-l2norm", calib,
+                           keep_float=["SUM", "SQRT", "MAXIMUM", "DIV"])
+    paths = {"tflite-int8, only l2norm float (before)": (l2norm_only, True)}
+    paths.update({f"{t}, builtin kernels (no XNNPACK)": (arts / t / "model.tflite", False)
+                  for t in ("tflite-fp16", "tflite-int8")})
+    for name, (path, xnnpack) in paths.items():
+        def load(threads: int, path=path, xnnpack=xnnpack):
+            interp = tfl._interpreter(path, threads, delegates=xnnpack)
             return lambda x: tfl.run(interp, x)
 
-        out.append(Candidate(f"{target}, builtin kernels (no XNNPACK)", "tflite", load, _float_input(size, False),
-                             path.stat().st_size))
+        out.append(Candidate(name, "tflite", load, _float_input(size, False), path.stat().st_size))
     return out
+
+
+def _convert(graph, target: str, options: dict, where: Path, calib=None, keep_float=None) -> Path:
+    """A target converted with changed options (the variant's one difference)."""
+    from xcit_edge.backends import backend
+    from xcit_edge.targets import all_targets
+
+    spec = all_targets()[target]
+    quant = spec.quantization if keep_float is None else {**spec.quantization, "keep_float": keep_float}
+    spec = replace(spec, options={**spec.options, **options}, quantization=quant)
+    where.mkdir(exist_ok=True)
+    backend(spec.backend).convert(graph, spec, calib, where)
+    return where / spec.file
+
+
+def _openvino_from_tf(graph, work: Path) -> Path:
+    """The IR OpenVINO's TensorFlow frontend makes of the same prepared graph (the backend's path before)."""
+    import openvino as ov
+
+    xml = work / "openvino-from-tf" / "model.xml"
+    xml.parent.mkdir(exist_ok=True)
+    ov.save_model(ov.convert_model(graph.graph_def), str(xml), compress_to_fp16=False)
+    return xml
 
 
 def _ort_offline(path: Path, work: Path) -> Path:

@@ -51,14 +51,14 @@ def to_onnx(graph, opset: int):
     return onnx.load_from_string(graph.cache[key])
 
 
-def optimized_onnx(graph, opset: int) -> tuple[object, dict]:
-    """`to_onnx` with `onnx_optimize`'s rewrites, XCA blocks inlined; computed once per graph (the `onnx`
-    target and the OpenVINO targets, which are read from it, share it)."""
+def optimized_onnx(graph, opset: int, skip: tuple[str, ...] = ()) -> tuple[object, dict]:
+    """`to_onnx` with `onnx_optimize`'s rewrites (but `skip`), XCA blocks inlined; computed once per graph
+    (the `onnx` target and the OpenVINO targets, which are read from it, share it)."""
     import onnx
 
-    key = ("onnx-optimized", opset)
+    key = ("onnx-optimized", opset, tuple(skip))
     if key not in graph.cache:
-        model, rewrites = optimize(to_onnx(graph, opset))
+        model, rewrites = optimize(to_onnx(graph, opset), tuple(skip))
         graph.cache[key] = (model.SerializeToString(), rewrites)
     data, rewrites = graph.cache[key]
     return onnx.load_from_string(data), dict(rewrites)
@@ -221,7 +221,8 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
         kept = float_nodes(onnx.load(str(out)))
     else:
         if spec.options.get("optimize", False):
-            model, details["rewrites"] = optimized_onnx(graph, opset)
+            # optimize_skip: rewrites left out (benchmarks/peers.py measures each one off)
+            model, details["rewrites"] = optimized_onnx(graph, opset, tuple(spec.options.get("optimize_skip", ())))
         if not spec.options.get("inline_functions"):
             model, packaged = package_xca(model)
             form = "function" if packaged else form
