@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from xcit_edge.backends.onnx_optimize import fold_scales, fold_tensordot, fuse_layernorm, optimize
+from xcit_edge.backends.onnx_optimize import fold_scales, fold_tensordot, fuse_layernorm, l2_norm_form, optimize
 
 D = 8
 
@@ -160,3 +160,24 @@ def test_onnx_runtime_fuses_every_gelu_of_the_fixture_artifact(fixture_artifacts
     erfs = sum(n.op_type == "Erf" for n in model.graph.node)
     ops = _ort_optimized_ops(model)
     assert erfs > 0 and "Erf" not in ops and ops.count("Gelu") + ops.count("BiasGelu") == erfs
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_l2_norm_becomes_reducel2_and_a_dot_product_does_not(opset):
+    def norm(second: str) -> onnx.ModelProto:
+        nodes = [helper.make_node("Mul", ["x", second], ["sq"]),
+                 helper.make_node("ReduceSum", ["sq", "axes"], ["s"], keepdims=1),
+                 helper.make_node("Sqrt", ["s"], ["y"])]
+        graph = helper.make_graph(nodes, "n", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 5, D])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 1, D])],
+                                  [numpy_helper.from_array(np.array([1], np.int64), "axes"),
+                                   numpy_helper.from_array(np.full((5, D), 2, np.float32), "two")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+    x = np.random.default_rng(9).standard_normal((2, 5, D)).astype(np.float32)
+    model, n = l2_norm_form(norm("x"))
+    assert n == 1 and [node.op_type for node in model.graph.node] == ["ReduceL2"]
+    onnx.checker.check_model(model, full_check=True)
+    np.testing.assert_allclose(_run(model, x), np.sqrt((x * x).sum(1, keepdims=True)), rtol=1e-6)
+    same, n = l2_norm_form(norm("two"))  # sqrt(sum(2x)) is no norm
+    assert n == 0 and len(same.graph.node) == 3
