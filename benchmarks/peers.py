@@ -11,7 +11,7 @@ taking turns (`xcit_edge.bench`: warm-up, median/p90, throughput, same threads, 
   normalization in float (the policy before), TFLite fp16 and int8 on LiteRT's builtin kernels (no XNNPACK);
 - the TF SavedModel (its serving function, eager TF), timm PyTorch eager, timm -> `torch.onnx.export`
   in ONNX Runtime, and timmx's ONNX and OpenVINO exports where `timmx` is installed
-  (`pip install 'timmx[onnx,openvino]'`).
+  (`pip install -e '.[test,peers]'`).
 
 Ratios are to timm -> torch.onnx in ONNX Runtime (the first row). Then the issue's goals, each as a ratio
 from this run, and a roofline line: the model's FLOPs (torch's FLOP counter on the timm model) over the
@@ -144,7 +144,7 @@ def timmx_exports(name: str, ckpt: Path, size: int, work: Path) -> list[Candidat
     try:
         import timmx  # noqa: F401
     except ImportError:
-        print("  timmx not installed: its rows are skipped (pip install 'timmx[onnx,openvino]')")
+        print("  timmx not installed: its rows are skipped (pip install -e '.[test,peers]')")
         return []
     out = []
     onnx_path, xml = work / "timmx.onnx", work / "timmx.xml"
