@@ -156,6 +156,10 @@ def _preprocessing_override(size, mean, std, interpolation, crop_pct):
                          mean=triple(mean, IMAGENET_MEAN), std=triple(std, IMAGENET_STD))
 
 
+_TRUST_HELP = ("Run a model whose graph touches files, the network or the Python process (refused otherwise; "
+               "a warning names what it contains).")
+
+
 class _Bars:
     """Rich progress bars on stderr, one per stage (nothing under --quiet or off a terminal)."""
 
@@ -219,12 +223,13 @@ def _convert_stage(targets: list[str]):
 @click.option("--precision", type=click.Choice(["default", "highest"]), default="default", show_default=True,
               help="Reference matmul precision (highest: TF32 off, HIGHEST under XLA on TPU).")
 @click.option("--force", is_flag=True, help="Replace artifacts in a non-empty --out.")
+@click.option("--trust-model", is_flag=True, help=_TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print {\"artifacts\": [...]} as JSON on stdout.")
 @click.pass_context
 def convert(ctx, model, target, out, calibration, labels_file, calibration_images, bake_preprocessing, signature,
             output_key, input_size, mean, std, interpolation, crop_pct, weights, allow_unknown_model,
             no_tflite_metadata, no_fuse, allow_partial_fusion, inline_functions, max_drop, reference_device, tpu,
-            zone, project, precision, force, as_json):
+            zone, project, precision, force, trust_model, as_json):
     """Convert MODEL (SavedModel dir, archive, hub handle or arch name) to TFLite, ONNX and OpenVINO."""
     from xcit_edge.convert import ConvertOptions
     from xcit_edge.convert import convert as run_convert
@@ -238,7 +243,7 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
         bake_preprocessing=bake_preprocessing, allow_unknown_model=allow_unknown_model, weights=weights,
         force=force, write_tflite_metadata=not no_tflite_metadata, fuse=not no_fuse,
         allow_partial_fusion=allow_partial_fusion, inline_functions=inline_functions, max_drop=max_drop,
-        reference=_reference_options(reference_device, tpu, zone, project, precision),
+        reference=_reference_options(reference_device, tpu, zone, project, precision), trust_model=trust_model,
     )
     progress = _Bars(ctx.obj.get("quiet", False), _convert_stage([s.name for s in specs]))
     with progress.bar:
@@ -302,16 +307,17 @@ def _validate_stage(stage: str, done: int, total: int) -> str:
 @click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint, when --source is an architecture name.")
 @click.option("--no-localize", is_flag=True, help="Do not look for the first diverging XCA block of a failure.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Write report.md/.json/.html here.")
+@click.option("--trust-model", is_flag=True, help=_TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON on stdout.")
 @click.pass_context
 def validate(ctx, artifacts, source, reference, calibration, labels_file, max_images, weights, no_localize,
-             report_dir, as_json):
+             report_dir, trust_model, as_json):
     """Run ARTIFACTS (convert's output directories) against the source model; exit 1 if any misses its target."""
     from xcit_edge.validate import ValidateOptions
     from xcit_edge.validate import validate as run_validate
 
     opts = ValidateOptions(source=source, reference=reference, calibration=calibration, labels_file=labels_file,
-                           max_images=max_images, weights=weights, localize=not no_localize)
+                           max_images=max_images, weights=weights, localize=not no_localize, trust_model=trust_model)
     progress = _Bars(ctx.obj.get("quiet", False), _validate_stage)
     with progress.bar:
         result = run_validate(list(artifacts), opts, progress=progress)
@@ -362,15 +368,16 @@ def _print_validation(result, report_dir) -> None:
               help="highest: full float32 matmuls (TF32 off: HIGHEST precision under XLA on TPU).")
 @click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
               help="--device cpu: split the host CPU into this many logical devices (the distributed path).")
+@click.option("--trust-model", is_flag=True, help=_TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
 @click.pass_context
 def reference(ctx, model, calibration, out, labels_file, max_images, weights, signature, output_key, device, tpu,
-              zone, project, batch_size, precision, replicas, as_json):
+              zone, project, batch_size, precision, replicas, trust_model, as_json):
     """Run MODEL on the calibration images (CPU, GPUs or a Cloud TPU) and store its outputs for validate."""
     from xcit_edge.reference import ReferenceOptions, compute_reference
 
     opts = ReferenceOptions(device=device, tpu=tpu, zone=zone, project=project, batch_size=batch_size,
-                            precision=precision, replicas=replicas)
+                            precision=precision, replicas=replicas, trust_model=trust_model)
     progress = _Bars(ctx.obj.get("quiet", False), _validate_stage)
     with progress.bar:
         ref = compute_reference(model, calibration, labels_file=labels_file, max_images=max_images, weights=weights,

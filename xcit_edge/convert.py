@@ -65,6 +65,7 @@ class ConvertOptions:
     inline_functions: bool = False
     max_drop: float | None = None  # int8 targets: keep layers in float until the top-1 drop is at most this
     reference: ReferenceOptions | None = None  # also store the source's outputs (OUT/reference.npz), e.g. on a TPU
+    trust_model: bool = False  # run a model whose graph reaches outside it (safety.check_ops)
 
 
 @dataclass
@@ -227,7 +228,7 @@ def convert(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptio
     graph = prepare(src.path, signature=opts.signature, output_key=opts.output_key,
                     preprocessing=opts.preprocessing, bake_preprocessing=opts.bake_preprocessing,
                     allow_unknown=opts.allow_unknown_model, fuse=opts.fuse,
-                    allow_partial_fusion=opts.allow_partial_fusion)
+                    allow_partial_fusion=opts.allow_partial_fusion, trust_model=opts.trust_model)
     if opts.max_drop is not None and graph.features:
         raise UsageError("--max-drop measures a top-1 drop: it needs a classifier, not a feature extractor")
     targets = [_with_options(t, opts) for t in targets]
@@ -274,7 +275,7 @@ def _write_reference(src, model_sha256: str, cal: CalibrationSet, opts: ConvertO
                      out: Path) -> None:
     """The source's outputs on the calibration images, beside the artifacts (`validate --reference`)."""
     graph = prepare(src.path, signature=opts.signature, output_key=opts.output_key, preprocessing=opts.preprocessing,
-                    allow_unknown=True, fuse=False)  # float input, as written: what the reference runs
+                    allow_unknown=True, fuse=False, trust_model=opts.trust_model)  # float input, as written
     ref = run_reference(graph, placement, cal, src.ref, model_sha256, opts.reference.batch_size,
                         opts.reference.precision)
     ref.save(out / REFERENCE_FILE)

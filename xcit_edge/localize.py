@@ -81,14 +81,15 @@ def compare_blocks(src: dict[int, np.ndarray], art: dict[int, np.ndarray], min_c
             "summary": summary}
 
 
-def localize(source_path, art, cal: CalibrationSet, pre: Preprocessing, images: int = PROBE_IMAGES) -> dict:
+def localize(source_path, art, cal: CalibrationSet, pre: Preprocessing, images: int = PROBE_IMAGES,
+             trust_model: bool = False) -> dict:
     """Compare the artifact's fused blocks with the source's on the first `images` calibration images."""
     from xcit_edge.graph import prepare
 
     m = art.manifest["source"]
     try:
         graph = prepare(source_path, signature=m.get("signature"), output_key=m.get("output_key"), preprocessing=pre,
-                        allow_unknown=True, fuse=True, allow_partial_fusion=True)
+                        allow_unknown=True, fuse=True, allow_partial_fusion=True, trust_model=trust_model)
     except Exception as e:  # noqa: BLE001 - localization is a diagnosis: its failure must not hide the verdict
         log.warning("localization skipped: %s", e)
         return {"status": "unavailable", "why": f"source graph could not be fused ({e})"}

@@ -118,6 +118,7 @@ class ReferenceOptions:
     batch_size: int = 32  # global batch (rounded up to a multiple of the replicas)
     precision: str = "default"  # default | highest
     replicas: int = 1  # cpu: split the host CPU into this many logical devices
+    trust_model: bool = False  # run a model whose graph reaches outside it (safety.check_ops)
 
 
 def compute_reference(model: str, data: str, *, labels_file: Path | None = None, max_images: int | None = None,
@@ -136,7 +137,7 @@ def compute_reference(model: str, data: str, *, labels_file: Path | None = None,
                                replicas=opts.replicas)  # before TensorFlow runs anything (CPU split)
     src = resolve(model, weights=weights)
     graph = prepare(src.path, signature=signature, output_key=output_key, preprocessing=preprocessing,
-                    allow_unknown=True, fuse=False)  # signature, layout, preprocessing, labels
+                    allow_unknown=True, fuse=False, trust_model=opts.trust_model)  # signature, layout, preprocessing
     cb = (lambda d, n: progress("calibration", d, n)) if progress else None
     cal = load_calibration(data, graph.preprocessing, class_names=graph.labels, labels_file=labels_file,
                            limit=max_images, progress=cb)

@@ -51,6 +51,7 @@ class ValidateOptions:
     max_images: int | None = None
     weights: Path | None = None
     localize: bool = True
+    trust_model: bool = False  # run a source whose graph reaches outside it (safety.check_ops)
 
 
 @dataclass
@@ -203,7 +204,7 @@ def _reference_from_source(opts: ValidateOptions, arts: list[OpenArtifact], pre:
     src = resolve(opts.source, weights=opts.weights)
     m = arts[0].manifest["source"]
     graph = prepare(src.path, signature=m.get("signature"), output_key=m.get("output_key"), preprocessing=pre,
-                    allow_unknown=True, fuse=False)
+                    allow_unknown=True, fuse=False, trust_model=opts.trust_model)
     src_sha = sha256_tree(src.path)
     if src_sha != sha:
         log.warning("%s is not the model the artifacts were converted from (sha256 %s…, manifest %s…); "
@@ -329,17 +330,17 @@ def validate(artifacts: list[Path], opts: ValidateOptions, progress: Progress | 
         log.info("validating %s on %d images", art.spec.name, len(cal))
         res = validate_one(art, art.inputs(cal, pre), ref, cal.labels, cal.names, class_names, progress)
         if not res.passed and res.outputs is not None and opts.localize:
-            res.localization = _localize(graph, art, cal, pre)
+            res.localization = _localize(graph, art, cal, pre, opts.trust_model)
         results.append(res)
     calib = {"source": cal.source, "images": len(cal), "digest": cal.images_digest, "labels": cal.labels is not None,
              "skipped": [{"image": n, "why": w} for n, w in cal.skipped]}
     return Validation(results, ref_info, calib, arts[0].kind, ref.outputs)
 
 
-def _localize(graph, art: OpenArtifact, cal: CalibrationSet, pre: Preprocessing) -> dict:
+def _localize(graph, art: OpenArtifact, cal: CalibrationSet, pre: Preprocessing, trust_model: bool) -> dict:
     """The first XCA block whose output leaves the source's (needs the source graph, not a file)."""
     if graph is None:
         return {"status": "unavailable", "why": "localization runs the source model: use --source"}
     from xcit_edge.localize import localize
 
-    return localize(graph.source, art, cal, pre)
+    return localize(graph.source, art, cal, pre, trust_model=trust_model)

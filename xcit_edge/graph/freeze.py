@@ -89,12 +89,14 @@ def _json_shape(shape) -> list[int]:
     return [-1 if d is None else int(d) for d in shape]
 
 
-def _load(path: Path):
+def _load(path: Path, trust_model: bool = False):
+    from xcit_edge.safety import check_ops
     from xcit_edge.tfimport import exact_tensorflow
 
     tf = exact_tensorflow()  # this graph's TF runs are the reference: no inexact grappler fusions
 
-    read_saved_model_proto(path)  # one-line errors for missing / corrupt protobufs
+    for meta_graph in read_saved_model_proto(path).meta_graphs:  # one-line errors for missing / corrupt files
+        check_ops(path, meta_graph, trust_model)  # before anything of it is loaded or run
     try:
         return tf.saved_model.load(str(path))
     except (tf.errors.OpError, ValueError, OSError, KeyError, AttributeError) as e:
@@ -285,12 +287,14 @@ def _fusion_info(report: FusionReport | None, expected: tuple[int, str]) -> dict
 
 def prepare(path: Path, *, signature: str | None = None, output_key: str | None = None,
             preprocessing: Preprocessing | None = None, bake_preprocessing: bool = False,
-            allow_unknown: bool = False, fuse: bool = True, allow_partial_fusion: bool = False) -> PreparedGraph:
-    """Load, check, freeze, canonicalize, fuse XCA and adapt the SavedModel at `path`."""
+            allow_unknown: bool = False, fuse: bool = True, allow_partial_fusion: bool = False,
+            trust_model: bool = False) -> PreparedGraph:
+    """Check its ops (`safety.check_ops`), load, check, freeze, canonicalize, fuse XCA and adapt the SavedModel
+    at `path`."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     path = Path(path)
-    loaded = _load(path)
+    loaded = _load(path, trust_model)
     key, sig = _pick_signature(loaded, path, signature)
     in_name, in_shape, layout = _image_input(sig, path)
     out_key = _pick_output(sig, path, output_key)
