@@ -65,6 +65,7 @@ def test_fails_when_nothing_is_left_to_relax(tmp_path):
         convert_within_drop(mod, all_targets()["onnx-int8"], None, np.zeros((100, 1)), tmp_path, 1.0, _check())
 
 
+@pytest.mark.slow  # 35-50 s; openvino-int8's --max-drop (NNCF) stays in the default run
 def test_onnx_int8_within_max_drop(fixture_dir, calib_npz, timm_fixture, tmp_path):
     """ONNX Runtime int8 on the fixture drops 2.5 points on its 200 calibration images; --max-drop 2.2
     makes the worst-ranked nodes float until it holds, and the measured drop is timm's."""

@@ -255,9 +255,9 @@ def _convert_24_layer(tmp_path, targets: str) -> dict:
 
 
 def test_24_layer_model_shows_24_fused_blocks_in_its_artifacts(tmp_path):
-    """Two ways of reading blocks back: TFLite tensor names and ONNX function nodes (OpenVINO's
-    friendly names are counted in every nano and fixture conversion)."""
-    targets = "tflite-fp16,onnx"
+    """ONNX function nodes counted past nano's 12 (TFLite tensor names and OpenVINO friendly names are
+    counted in every nano and fixture conversion, and for 24 layers in the slow all-target test)."""
+    targets = "onnx"
     assert _convert_24_layer(tmp_path, targets) == dict.fromkeys(targets.split(","), 24)
 
 
