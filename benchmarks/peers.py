@@ -164,14 +164,15 @@ def timmx_exports(name: str, ckpt: Path, size: int, work: Path) -> list[Candidat
 
 
 def _openvino_candidate(name: str, xml: Path, size: int, nchw: bool, hint: str) -> Candidate:
-    import openvino as ov
-
+    """An IR compiled as the `openvino` target's artifacts are (f32 inference), with PERFORMANCE_HINT `hint`."""
     from xcit_edge.backends import openvino as ov_backend
+    from xcit_edge.targets import all_targets
+
+    spec = all_targets()["openvino"]
+    spec = replace(spec, options={**spec.options, "performance_hint": hint})
 
     def load(threads: int):
-        compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                             "INFERENCE_NUM_THREADS": threads,
-                                                             "PERFORMANCE_HINT": hint})
+        compiled = ov_backend.load(xml, spec, threads)
         return lambda x: ov_backend.run(compiled, x)
 
     size_bytes = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size

@@ -212,22 +212,19 @@ def _add_memory(timings: list[Timing], candidates: list[Candidate], opts: BenchO
 
 
 def artifact_candidate(path: Path) -> Candidate:
-    """An artifact directory as a candidate: checked (manifest, hashes, runtime load) before any timing."""
+    """An artifact directory as a candidate: manifest and file hashes checked now; its runtime loads it once per
+    thread count, every candidate before any timing (`bench_candidates`)."""
     from xcit_edge.validate import open_artifact
 
-    art = open_artifact(path)
+    art = open_artifact(path, load=False)
     io = art.manifest["io"]["input"]
     size = sum((art.path / e["file"]).stat().st_size for e in art.manifest["artifact"]["files"])
-    name = _unique_name(art.spec.name, art.path)
-    sessions = {None: art.session}
 
     def load(threads: int):
-        if threads not in sessions:
-            sessions[threads] = open_artifact(art.path, threads).session
-        return partial(art.module.run, sessions[threads])
+        return partial(art.module.run, art.load(threads))
 
-    return Candidate(name, art.spec.backend, load, partial(_artifact_input, io), size,
-                     partial(_probe_memory, art.path))
+    return Candidate(_unique_name(art.spec.name, art.path), art.spec.backend, load, partial(_artifact_input, io),
+                     size, partial(_probe_memory, art.path))
 
 
 def _unique_name(target: str, path: Path) -> str:

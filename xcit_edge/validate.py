@@ -62,7 +62,16 @@ class OpenArtifact:
     manifest: dict
     spec: TargetSpec
     module: ModuleType
-    session: object
+    session: object = None
+
+    def load(self, threads: int | None = None):
+        """A runtime session of the artifact (threads: the runtime's thread count, None for its default);
+        a model the runtime refuses is bad input (one line, exit 2)."""
+        try:
+            return self.module.load(self.path / self.spec.file, self.spec, threads)
+        except Exception as e:  # each runtime has its own exception types for a model it refuses
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise UsageError(f"{self.path}: {self.spec.backend} cannot load {self.spec.file} ({first})") from e
 
     @property
     def kind(self) -> str:
@@ -157,8 +166,8 @@ def artifact_paths(paths: list[Path], command: str) -> list[Path]:
     return paths
 
 
-def open_artifact(path: Path, threads: int | None = None) -> OpenArtifact:
-    """Open an artifact directory (or its model file): manifest, file hashes, then its runtime
+def open_artifact(path: Path, threads: int | None = None, load: bool = True) -> OpenArtifact:
+    """Open an artifact directory (or its model file): manifest, file hashes, then (`load`) its runtime
     (threads: the runtime's thread count, None for its default)."""
     path = Path(path)
     if not path.exists():
@@ -167,13 +176,10 @@ def open_artifact(path: Path, threads: int | None = None) -> OpenArtifact:
     manifest = read_manifest(where)
     spec = shipped_spec(manifest, where)
     _check_files(where, manifest)
-    mod = backend(spec.backend)
-    try:
-        session = mod.load(where / spec.file, spec, threads)
-    except Exception as e:  # each runtime has its own exception types for a model it refuses
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{where}: {spec.backend} cannot load {spec.file} ({first})") from e
-    return OpenArtifact(where, manifest, spec, mod, session)
+    art = OpenArtifact(where, manifest, spec, backend(spec.backend))
+    if load:
+        art.session = art.load(threads)
+    return art
 
 
 def _class_names(art: OpenArtifact) -> list[str] | None:

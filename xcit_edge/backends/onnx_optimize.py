@@ -271,10 +271,13 @@ def _set_init(model, ix: _Index, name: str, value: np.ndarray) -> str:
 
 
 def _bypass(ix: _Index, node) -> None:
-    """Consumers of `node`'s output read its data input instead (node is then unused)."""
+    """Consumers of `node`'s output read its data input instead (node is then unused; `drop_unused`
+    removes it). The index follows, so later folds see the new consumers without a rebuild."""
     src = next(i for i in node.input if i not in ix.inits)
-    for c in ix.consumers.get(node.output[0], []):
+    users = ix.consumers.pop(node.output[0], [])
+    for c in users:
         c.input[:] = [src if i == node.output[0] else i for i in c.input]
+    ix.consumers.setdefault(src, []).extend(users)
 
 
 def _layerscale_into_matmul(model, ix: _Index, mul) -> bool:
@@ -352,7 +355,6 @@ def fold_scales(model) -> tuple[object, int]:
         if _layerscale_into_matmul(model, ix, mul) or _layerscale_into_conv(model, ix, mul) or \
                 _gelu_scale_into_conv(model, ix, mul):
             done += 1
-            ix = _Index(model)  # consumers changed
     drop_unused(model)
     return model, done
 
