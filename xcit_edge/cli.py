@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 1 some target failed to convert or to run, 2 bad input or usage (one
 line on stderr, no traceback), 70 internal error (rerun with --debug for the traceback),
-130 interrupted.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -26,14 +26,17 @@ class _Group(click.Group):
     """Turns library errors into one line and an exit code."""
 
     def invoke(self, ctx: click.Context):
+        from xcit_edge.interrupt import guard
+
         try:
-            return super().invoke(ctx)
+            with guard():
+                return super().invoke(ctx)
         except XcitEdgeError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (interrupt.Interrupted): temps already removed
             click.echo("error: interrupted", err=True)
-            ctx.exit(EXIT_INTERRUPTED)
+            ctx.exit(getattr(e, "exit_code", EXIT_INTERRUPTED))
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as e:
@@ -222,14 +225,16 @@ def _convert_stage(targets: list[str]):
 @click.option("--project", help="TPU project (named TPUs).")
 @click.option("--precision", type=click.Choice(["default", "highest"]), default="default", show_default=True,
               help="Reference matmul precision (highest: TF32 off, HIGHEST under XLA on TPU).")
-@click.option("--force", is_flag=True, help="Replace artifacts in a non-empty --out.")
+@click.option("--force", is_flag=True,
+              help="Replace artifacts in a non-empty --out (each one only once its replacement is complete).")
+@click.option("--wait", is_flag=True, help="If another run is writing to --out, wait for it instead of failing.")
 @click.option("--trust-model", is_flag=True, help=_TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print {\"artifacts\": [...]} as JSON on stdout.")
 @click.pass_context
 def convert(ctx, model, target, out, calibration, labels_file, calibration_images, bake_preprocessing, signature,
             output_key, input_size, mean, std, interpolation, crop_pct, weights, allow_unknown_model,
             no_tflite_metadata, no_fuse, allow_partial_fusion, inline_functions, max_drop, reference_device, tpu,
-            zone, project, precision, force, trust_model, as_json):
+            zone, project, precision, force, wait, trust_model, as_json):
     """Convert MODEL (SavedModel dir, archive, hub handle or arch name) to TFLite, ONNX and OpenVINO."""
     from xcit_edge.convert import ConvertOptions
     from xcit_edge.convert import convert as run_convert
@@ -244,6 +249,7 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
         force=force, write_tflite_metadata=not no_tflite_metadata, fuse=not no_fuse,
         allow_partial_fusion=allow_partial_fusion, inline_functions=inline_functions, max_drop=max_drop,
         reference=_reference_options(reference_device, tpu, zone, project, precision), trust_model=trust_model,
+        wait=wait,
     )
     progress = _Bars(ctx.obj.get("quiet", False), _convert_stage([s.name for s in specs]))
     with progress.bar:

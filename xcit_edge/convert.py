@@ -24,7 +24,7 @@ from xcit_edge.artifact import LABELS_FILE, file_entries, library_versions, writ
 from xcit_edge.backends import backend
 from xcit_edge.calibration import CalibrationSet, load_calibration
 from xcit_edge.errors import ConversionError, UsageError, XcitEdgeError
-from xcit_edge.fsutil import atomic_dir, check_output_dir, sha256_tree
+from xcit_edge.fsutil import atomic_dir, check_output_dir, output_lock, sha256_tree
 from xcit_edge.graph import PreparedGraph, prepare
 from xcit_edge.metrics import agreement, failures
 from xcit_edge.precision import DropCheck, convert_within_drop
@@ -66,6 +66,7 @@ class ConvertOptions:
     max_drop: float | None = None  # int8 targets: keep layers in float until the top-1 drop is at most this
     reference: ReferenceOptions | None = None  # also store the source's outputs (OUT/reference.npz), e.g. on a TPU
     trust_model: bool = False  # run a model whose graph reaches outside it (safety.check_ops)
+    wait: bool = False  # another run holds OUT's lock: wait for it instead of failing
 
 
 @dataclass
@@ -216,12 +217,19 @@ def convert(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptio
     """Convert MODEL to every target under `out`; returns one result per target, in order.
 
     A target that fails to convert or to run is reported in its result (`error`) and the
-    others go on; bad input and a full disk stop everything.
+    others go on; bad input and a full disk stop everything. One run at a time writes to `out`
+    (its lock); each artifact appears whole, replacing the previous one only once complete.
     """
     opts = opts or ConvertOptions()
     out = Path(out)
     if not targets:
         raise UsageError("no targets to convert to")
+    with output_lock(out, wait=opts.wait):
+        return _convert_locked(model, targets, out, opts, progress)
+
+
+def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptions,
+                    progress: Progress | None) -> list[ArtifactResult]:
     check_output_dir(out, opts.force)  # before minutes of work
     placement = _reference_placement(opts.reference)  # a TPU that is not there fails before any conversion
     src = resolve(model, weights=opts.weights)

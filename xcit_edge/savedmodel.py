@@ -18,7 +18,7 @@ from pathlib import Path
 
 from xcit_edge import __version__
 from xcit_edge.errors import UsageError
-from xcit_edge.fsutil import atomic_dir, read_json_document
+from xcit_edge.fsutil import atomic_dir, output_lock, read_json_document
 from xcit_edge.preprocessing import Preprocessing, timm_default
 from xcit_edge.zoo import XCiTConfig
 
@@ -71,7 +71,8 @@ def export_saved_model(model, out: Path, metadata: dict, force: bool = False) ->
         return {OUTPUT_NAME: model(input, training=False)}
 
     module.serve = serve
-    with tempfile.TemporaryDirectory() as meta_dir, atomic_dir(Path(out), force=force) as tmp:
+    with (output_lock(Path(out)), tempfile.TemporaryDirectory() as meta_dir,
+          atomic_dir(Path(out), force=force) as tmp):
         meta_path = Path(meta_dir) / METADATA_ASSET
         meta_path.write_text(json.dumps(metadata, indent=2, sort_keys=True))
         module.xcit_edge_metadata = tf.saved_model.Asset(str(meta_path))

@@ -30,8 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from xcit_edge import interrupt
 from xcit_edge.errors import UsageError
-from xcit_edge.fsutil import sha256_file
+from xcit_edge.fsutil import output_lock, sha256_file
 from xcit_edge.safety import safe_extract
 from xcit_edge.zoo import get_config
 
@@ -122,22 +123,25 @@ def _slug(ref: str) -> str:
 
 
 def _cached_extract(kind: str, key: str, fill: Callable[[Path], dict]) -> Path:
-    """Cache entry `kind/key`: `fill(tmpdir)` populates `tmpdir/model` and returns its record."""
+    """Cache entry `kind/key`: `fill(tmpdir)` populates `tmpdir/model` and returns its record. Runs
+    that want the same entry take turns (the entry's lock): the second finds it filled."""
     entry = cache_root() / kind / key
-    record = entry / "source.json"
-    if record.is_file() and (entry / "model").is_dir():
-        log.info("using cached %s", entry)
-        return find_saved_model_dir(entry / "model")
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=entry.parent))
-    try:
-        info = fill(tmp)
-        (tmp / "source.json").write_text(json.dumps(info, indent=2))
-        shutil.rmtree(entry, ignore_errors=True)
-        tmp.rename(entry)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with output_lock(entry, wait=True):
+        if (entry / "source.json").is_file() and (entry / "model").is_dir():
+            log.info("using cached %s", entry)
+            return find_saved_model_dir(entry / "model")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=entry.parent))
+        interrupt.register(tmp)
+        try:
+            info = fill(tmp)
+            (tmp / "source.json").write_text(json.dumps(info, indent=2))
+            shutil.rmtree(entry, ignore_errors=True)
+            tmp.rename(entry)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            interrupt.unregister(tmp)
     return find_saved_model_dir(entry / "model")
 
 
