@@ -134,3 +134,56 @@ def test_nothing_found(tmp_path):
         load_calibration(tmp_path / "missing", PRE)
     with pytest.raises(UsageError, match="no images found"):
         load_calibration(tmp_path, PRE)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A well-formed PNG that claims `width` x `height` with almost no data: a decompression bomb's opening."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_every_bad_image_kind_is_skipped_and_named_every_odd_one_decoded(tmp_path, caplog):
+    """Truncated, corrupt, not-an-image, bomb and looping files are skipped by name; CMYK, grayscale,
+    RGBA, 16-bit, misnamed and non-UTF-8-named images decode to the right RGB pixels."""
+    import json
+    import os
+
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[..., 0] = 255
+    Image.fromarray(red).save(tmp_path / "good.jpg", quality=95)
+    whole = (tmp_path / "good.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    (tmp_path / "notes.jpg").write_text("not an image at all\n")
+    (tmp_path / "bomb.png").write_bytes(_png_claiming(30_000, 30_000))  # 900 MP claimed in 65 bytes
+    os.symlink("loop-b.png", tmp_path / "loop-a.png")
+    os.symlink("loop-a.png", tmp_path / "loop-b.png")
+    (tmp_path / "sub").mkdir()
+    os.symlink("..", tmp_path / "sub" / "up")  # a directory loop: rglob must not follow it
+    Image.new("CMYK", (64, 64), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=95)
+    Image.new("L", (64, 64), 200).save(tmp_path / "gray.png")
+    Image.new("RGBA", (64, 64), (0, 0, 255, 0)).save(tmp_path / "rgba.png")
+    Image.fromarray(np.full((64, 64), 32896, np.uint16)).save(tmp_path / "gray16.png")  # 32896/257 = 128
+    Image.fromarray(red).save(tmp_path / "really-a-png.jpg", format="PNG")
+    Image.fromarray(red).save(os.fsencode(tmp_path) + b"/caf\xe9-latin1.png")  # not UTF-8
+
+    with caplog.at_level(logging.WARNING):
+        cal = load_calibration(tmp_path, PRE)
+    skipped = sorted(os.path.basename(n) for n, _ in cal.skipped)
+    assert skipped == ["bomb.png", "corrupt.png", "notes.jpg", "truncated.jpg"]
+    assert "skipped 4 unreadable image(s)" in caplog.text
+    px = {os.path.basename(n): cal.pixels[i].astype(int).mean(axis=(0, 1)) for i, n in enumerate(cal.names)}
+    assert sorted(px) == ["caf\ufffd-latin1.png", "cmyk.jpg", "good.jpg", "gray.png", "gray16.png",
+                          "really-a-png.jpg", "rgba.png"]
+    np.testing.assert_allclose(px["cmyk.jpg"], [255, 0, 0], atol=3)
+    np.testing.assert_allclose(px["gray.png"], [200, 200, 200], atol=0)
+    np.testing.assert_allclose(px["rgba.png"], [0, 0, 255], atol=0)  # alpha dropped, as timm's loader does
+    np.testing.assert_allclose(px["gray16.png"], [128, 128, 128], atol=0)  # scaled, not clipped to 255
+    np.testing.assert_allclose(px["really-a-png.jpg"], [255, 0, 0], atol=0)
+    json.dumps(cal.names, ensure_ascii=False).encode("utf-8")  # printable everywhere downstream

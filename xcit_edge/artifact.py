@@ -17,6 +17,7 @@ from pathlib import Path
 from xcit_edge import __version__
 from xcit_edge.errors import UsageError
 from xcit_edge.fsutil import read_json_document, sha256_file
+from xcit_edge.preprocessing import Preprocessing
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "xcit-edge.artifact/1"
@@ -46,8 +47,35 @@ def write_manifest(workdir: Path, manifest: dict) -> None:
 
 
 def read_manifest(artifact_dir: Path) -> dict:
-    """An artifact's manifest (untrusted input: size-capped, format-checked)."""
+    """An artifact's manifest (untrusted input: size-capped, format-checked, and every field the commands
+    read present with its type, so a hand-edited manifest is one clear error, not a KeyError later)."""
     path = Path(artifact_dir) / MANIFEST
     if not path.is_file():
         raise UsageError(f"{artifact_dir}: not an xcit-edge artifact (no {MANIFEST})")
-    return read_json_document(path, MANIFEST_FORMAT, "an xcit-edge manifest", 4 << 20)
+    doc = read_json_document(path, MANIFEST_FORMAT, "an xcit-edge manifest", 4 << 20)
+    _check_fields(doc, path)
+    return doc
+
+
+def _field(obj: object, key: str, kind: type, where: str, path: Path):
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UsageError(f"{path}: manifest field {where}{key} is missing or not {kind.__name__}")
+    return value
+
+
+def _check_fields(doc: dict, path: Path) -> None:
+    for key in ("target", "source", "io", "preprocessing", "artifact"):
+        _field(doc, key, dict, "", path)
+    _field(doc["target"], "name", str, "target.", path)
+    for part in ("input", "output"):
+        shape = _field(_field(doc["io"], part, dict, "io.", path), "shape", list, f"io.{part}.", path)
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            raise UsageError(f"{path}: manifest field io.{part}.shape is not a list of integers")
+    for entry in _field(doc["artifact"], "files", list, "artifact.", path):
+        for key, kind in (("file", str), ("sha256", str), ("bytes", int)):
+            _field(entry, key, kind, "artifact.files[].", path)
+    try:
+        Preprocessing.from_dict(doc["preprocessing"])
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise UsageError(f"{path}: manifest field preprocessing is malformed ({e})") from e

@@ -12,8 +12,13 @@ Accepted DATA (the `--calibration` value):
 
 Images are decoded with Pillow, resized (shorter side to size / crop_pct, timm's eval
 transform), centre-cropped, and kept as uint8 pixels; normalization happens last, so a
-model with baked-in preprocessing gets the same pixels. Unreadable images are skipped,
-counted and named; zero usable images is an error.
+model with baked-in preprocessing gets the same pixels. Images are untrusted input: any
+file Pillow cannot decode (truncated, corrupt, not an image whatever its extension, larger
+than MAX_IMAGE_PIXELS) is skipped, counted and named; zero usable images is an error.
+Grayscale, palette, CMYK and RGBA images become RGB as timm's loader makes them (alpha
+dropped); 16-bit images are scaled to 8 bits (Pillow's own conversion would saturate them).
+Symbolic links to folders are not followed below the top level (no loops); file names that
+are not UTF-8 are shown with replacement characters.
 """
 
 from __future__ import annotations
@@ -132,13 +137,26 @@ def resize_crop(img, pre: Preprocessing) -> np.ndarray:
     short = math.floor(max(h, w) / pre.crop_pct)
     iw, ih = img.size
     new = (short, int(short * ih / iw)) if iw <= ih else (int(short * iw / ih), short)
-    img = img.convert("RGB").resize(new, _resample(pre.interpolation))
+    img = to_rgb(img).resize(new, _resample(pre.interpolation))
     left, top = round((new[0] - w) / 2.0), round((new[1] - h) / 2.0)
     return np.asarray(img.crop((left, top, left + w, top + h)), dtype=np.uint8)
 
 
+def to_rgb(img):
+    """8-bit RGB. 16-bit (and 32-bit integer) grayscale is scaled by 255/65535 first: `convert("RGB")`
+    clips it instead, turning a 16-bit PNG white."""
+    from PIL import Image
+
+    if img.mode.startswith("I"):
+        arr = np.asarray(img)
+        if img.mode != "I" or arr.max(initial=0) > 255:  # mode "I" holding 8-bit values stays as is
+            arr = np.round(arr.astype(np.float64).clip(0, 65535) / 257.0)
+        img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
 def decode_image(path: Path, pre: Preprocessing) -> np.ndarray:
-    """One image as uint8 (H, W, 3); raises OSError/ValueError for anything unreadable or hostile."""
+    """One image as uint8 (H, W, 3); raises for anything unreadable or hostile (`_decode_all` skips it)."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
@@ -147,6 +165,12 @@ def decode_image(path: Path, pre: Preprocessing) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             return resize_crop(img, pre)
+
+
+def display_name(p: Path) -> str:
+    """`p` as printable UTF-8: a name that is not UTF-8 (kept by Python as surrogates) would break
+    every JSON, HTML and log writer downstream."""
+    return str(p).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _is_image(p: Path) -> bool:
@@ -235,10 +259,10 @@ def _decode_all(files: list[Path], labels: list[int | None], pre: Preprocessing,
     for i, (p, lab) in enumerate(zip(files, labels, strict=True)):
         try:
             pixels.append(decode_image(p, pre))
-            names.append(str(p))
+            names.append(display_name(p))
             kept.append(lab)
-        except (OSError, ValueError, SyntaxError, Warning) as e:  # Pillow's ways of saying "not an image"
-            skipped.append((str(p), str(e).splitlines()[0] if str(e) else type(e).__name__))
+        except Exception as e:  # noqa: BLE001 - an untrusted file Pillow (or a plugin bug) rejects: skip it
+            skipped.append((display_name(p), str(e).splitlines()[0] if str(e) else type(e).__name__))
         if progress:
             progress(i + 1, len(files))
     if skipped:
@@ -251,22 +275,30 @@ def _decode_all(files: list[Path], labels: list[int | None], pre: Preprocessing,
 
 
 def _load_array(path: Path, pre: Preprocessing) -> CalibrationSet:
+    """A user's .npy/.npz (untrusted bytes: no pickle; whatever numpy or zipfile raise on them is one clear error)."""
     if path.stat().st_size > MAX_ARRAY_BYTES:
         raise UsageError(f"{path}: larger than {MAX_ARRAY_BYTES >> 30} GiB")
     try:
-        data = np.load(path, allow_pickle=False)
-        if isinstance(data, np.lib.npyio.NpzFile):
-            with data:
-                if "images" not in data.files:
-                    raise UsageError(f"{path}: .npz needs an 'images' array (has: {', '.join(data.files)})")
-                arr, labels = data["images"], data["labels"] if "labels" in data.files else None
-        else:
-            arr, labels = data, None
-    except (OSError, ValueError, EOFError) as e:
-        raise UsageError(f"{path}: unreadable array file ({str(e).splitlines()[0]})") from e
+        return _array_set(path, pre)
+    except UsageError:
+        raise
+    except Exception as e:  # BadZipFile, ValueError, TypeError, MemoryError, ... of a bad file
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path}: unreadable array file ({first})") from e
+
+
+def _array_set(path: Path, pre: Preprocessing) -> CalibrationSet:
+    data = np.load(path, allow_pickle=False)
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            if "images" not in data.files:
+                raise UsageError(f"{path}: .npz needs an 'images' array (has: {', '.join(data.files)})")
+            arr, labels = data["images"], data["labels"] if "labels" in data.files else None
+    else:
+        arr, labels = data, None
     h, w = pre.size
-    if arr.ndim != 4 or len(arr) == 0:
-        raise UsageError(f"{path}: expected a non-empty (N, H, W, 3) array, got shape {arr.shape}")
+    if arr.ndim != 4 or len(arr) == 0 or arr.dtype.kind not in "uif":
+        raise UsageError(f"{path}: expected a non-empty (N, H, W, 3) array of numbers, got {arr.dtype} {arr.shape}")
     names = [f"{path.name}[{i}]" for i in range(len(arr))]
     if labels is not None:
         labels = np.asarray(labels).astype(np.int64).reshape(-1)

@@ -29,7 +29,9 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(
+        """From recorded data (a SavedModel asset, a manifest: untrusted); ValueError/TypeError/KeyError if
+        it does not describe a usable preprocessing."""
+        pre = cls(
             size=tuple(int(v) for v in d["size"]),
             interpolation=str(d.get("interpolation", "bicubic")),
             crop_pct=float(d.get("crop_pct", 1.0)),
@@ -38,6 +40,11 @@ class Preprocessing:
             std=tuple(float(v) for v in d.get("std", IMAGENET_STD)),
             layout=str(d.get("layout", "NHWC")),
         )
+        if len(pre.size) != 2 or min(pre.size) < 1 or len(pre.mean) != 3 or len(pre.std) != 3 or 0.0 in pre.std:
+            raise ValueError("needs a 2-value size, 3 means and 3 non-zero stds")
+        if not 0.0 < pre.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct {pre.crop_pct} outside (0, 1]")
+        return pre
 
     def describe(self) -> str:
         h, w = self.size

@@ -123,7 +123,10 @@ def preprocessing_of(saved_model_dir: Path, img_size: int | None = None) -> tupl
     """The recorded preprocessing, else timm's default for the input size; with its origin."""
     meta = read_metadata(saved_model_dir)
     if meta and isinstance(meta.get("preprocessing"), dict):
-        return Preprocessing.from_dict(meta["preprocessing"]), "recorded in the SavedModel"
+        try:
+            return Preprocessing.from_dict(meta["preprocessing"]), "recorded in the SavedModel"
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise UsageError(f"{saved_model_dir}: recorded preprocessing is malformed ({e})") from e
     if img_size is None:
         raise UsageError(f"{saved_model_dir}: no recorded preprocessing and no input size to assume one")
     return timm_default(img_size), "not recorded; assumed timm's XCiT default"

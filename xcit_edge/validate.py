@@ -141,12 +141,12 @@ def shipped_spec(manifest: dict, where: Path) -> TargetSpec:
 
 
 def _check_files(where: Path, manifest: dict) -> None:
-    entries = manifest.get("artifact", {}).get("files", [])
-    if not isinstance(entries, list) or not entries:
+    entries = manifest["artifact"]["files"]  # types checked by read_manifest
+    if not entries:
         raise UsageError(f"{where}: manifest lists no files")
     for e in entries:
-        name = str(e.get("file", "")) if isinstance(e, dict) else ""
-        if not name or Path(name).name != name:
+        name = e["file"]
+        if not name or Path(name).name != name or name in (".", ".."):
             raise UsageError(f"{where}: manifest lists a file outside the artifact ({name!r})")
         if not (where / name).is_file():
             raise UsageError(f"{where}: {name} is missing")
