@@ -88,3 +88,17 @@ def test_print_to_a_file_and_custom_ops_are_refused(tmp_path):
     next(n for n in fn.node_def if n.op == "Mean").op = "MyCustomKernel"  # as a custom op library would name it
     assert reaching_outside(meta) == ["MyCustomKernel (not a TensorFlow op (a custom op library))",
                                       "PrintV2 (prints to a file)"]
+
+
+@pytest.mark.parametrize("part", ["saved_model.pb", "variables/variables.data-00000-of-00001"])
+def test_a_truncated_saved_model_is_one_line_and_writes_nothing(part, fixture_dir, tmp_path):
+    """A download cut short: the graph or the weights end mid-record."""
+    import shutil
+
+    model = tmp_path / "cut"
+    shutil.copytree(fixture_dir, model)
+    data = (model / part).read_bytes()
+    (model / part).write_bytes(data[: len(data) // 2])
+    line = one_line_error(run("convert", model, "--target", "onnx", "--out", tmp_path / "out"))
+    assert "cut" in line
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))

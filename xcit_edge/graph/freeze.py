@@ -99,7 +99,7 @@ def _load(path: Path, trust_model: bool = False):
         check_ops(path, meta_graph, trust_model)  # before anything of it is loaded or run
     try:
         return tf.saved_model.load(str(path))
-    except (tf.errors.OpError, ValueError, OSError, KeyError, AttributeError) as e:
+    except Exception as e:  # untrusted files: OpError, ValueError, IndexError (truncated variables), ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"{path}: cannot load SavedModel ({first})") from e
 
