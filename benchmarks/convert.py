@@ -3,7 +3,9 @@
 Each (model, target) pair runs in a fresh process so its peak RSS is its own; times include
 loading the SavedModel, freezing, calibration decoding and the post-conversion check, i.e.
 what a user waits for. Ratios are against the `onnx` conversion of the same model, measured
-in the same run.
+in the same run. The last columns hold `convert`'s memory estimate (`xcit_edge/memory.py`, what
+`--max-memory` is checked against) and measured peak / estimate: it should stay at or below 1.
+The `all` row converts every target in one process, as users do.
 
     python benchmarks/convert.py [--models xcit_nano_12_p16_224,xcit_tiny_24_p16_224] [--targets all]
 """
@@ -31,16 +33,25 @@ def main() -> None:
     ap.add_argument("--targets", default="all")
     args = ap.parse_args()
     cli = [sys.executable, "-m", "xcit_edge.cli", "--quiet"]
+    from xcit_edge.convert import ConvertOptions, calibration_limit
+    from xcit_edge.memory import estimate_convert, tree_bytes
     from xcit_edge.targets import parse_targets
+    from xcit_edge.zoo import get_config
 
-    targets = [t.name for t in parse_targets(args.targets)]
+    specs = {t.name: t for t in parse_targets(args.targets)}
+    targets = list(specs)
     tmp = Path(tempfile.mkdtemp(prefix="bench-convert-"))
-    print(f"{'model':24s} {'target':14s} {'seconds':>8s} {'x onnx':>7s} {'peak MiB':>9s} {'MB':>8s}")
+    print(f"{'model':24s} {'target':14s} {'seconds':>8s} {'x onnx':>7s} {'peak MiB':>9s} {'MB':>8s} "
+          f"{'est. MiB':>9s} {'peak/est':>8s}")
     for model in args.models.split(","):
         sm = tmp / model
         run([*cli, "build", model, "--out", str(sm)])
+        size = get_config(model).img_size
         base = None
-        for target in ["onnx"] + [t for t in targets if t != "onnx"]:
+        for target in ["onnx"] + [t for t in targets if t != "onnx"] + (["all"] if len(targets) > 1 else []):
+            chosen = list(specs.values()) if target == "all" else [specs[target]]
+            est = estimate_convert(tree_bytes(sm), (size, size), calibration_limit(chosen, ConvertOptions()))
+            target = ",".join(targets) if target == "all" else target
             out = tmp / f"{model}-{target}"
             # ru_maxrss of children is a running maximum over all of them: measure each in its own
             # wrapper process so the figure is this conversion's peak.
@@ -56,11 +67,13 @@ def main() -> None:
                 print(f"{model:24s} {target:14s} FAILED: {(err or ['?'])[-1][:150]}", flush=True)
                 continue
             peak = int(proc.stderr.strip().splitlines()[-1]) / 1024
-            entry = json.loads(proc.stdout)["artifacts"][0]
-            size = sum(f["bytes"] for f in json.loads(Path(entry["manifest"]).read_text())["artifact"]["files"])
+            entries = json.loads(proc.stdout)["artifacts"]
+            mb = sum(f["bytes"] for e in entries
+                     for f in json.loads(Path(e["manifest"]).read_text())["artifact"]["files"])
             base = base or seconds
-            print(f"{model:24s} {target:14s} {seconds:8.1f} {seconds / base:7.2f} {peak:9.0f} {size / 1e6:8.1f}",
-                  flush=True)
+            name = "all" if len(entries) > 1 else target
+            print(f"{model:24s} {name:14s} {seconds:8.1f} {seconds / base:7.2f} {peak:9.0f} {mb / 1e6:8.1f} "
+                  f"{est.total / 2**20:9.0f} {peak * 2**20 / est.total:8.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,10 @@ class _Group(click.Group):
         except XcitEdgeError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except MemoryError:
+            click.echo("error: out of memory (see --max-memory: convert estimates what it needs before starting)",
+                       err=True)
+            ctx.exit(2)
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (interrupt.Interrupted): temps already removed
             click.echo("error: interrupted", err=True)
             ctx.exit(getattr(e, "exit_code", EXIT_INTERRUPTED))
@@ -228,16 +232,19 @@ def _convert_stage(targets: list[str]):
 @click.option("--force", is_flag=True,
               help="Replace artifacts in a non-empty --out (each one only once its replacement is complete).")
 @click.option("--wait", is_flag=True, help="If another run is writing to --out, wait for it instead of failing.")
+@click.option("--max-memory", help="Memory the run may use (e.g. 8G); refused up front, with the estimate, if it "
+              "needs more. Default: what the machine has available.")
 @click.option("--trust-model", is_flag=True, help=_TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print {\"artifacts\": [...]} as JSON on stdout.")
 @click.pass_context
 def convert(ctx, model, target, out, calibration, labels_file, calibration_images, bake_preprocessing, signature,
             output_key, input_size, mean, std, interpolation, crop_pct, weights, allow_unknown_model,
             no_tflite_metadata, no_fuse, allow_partial_fusion, inline_functions, max_drop, reference_device, tpu,
-            zone, project, precision, force, wait, trust_model, as_json):
+            zone, project, precision, force, wait, max_memory, trust_model, as_json):
     """Convert MODEL (SavedModel dir, archive, hub handle or arch name) to TFLite, ONNX and OpenVINO."""
     from xcit_edge.convert import ConvertOptions
     from xcit_edge.convert import convert as run_convert
+    from xcit_edge.memory import parse_size
     from xcit_edge.targets import parse_targets
 
     specs = parse_targets(target)
@@ -249,7 +256,7 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
         force=force, write_tflite_metadata=not no_tflite_metadata, fuse=not no_fuse,
         allow_partial_fusion=allow_partial_fusion, inline_functions=inline_functions, max_drop=max_drop,
         reference=_reference_options(reference_device, tpu, zone, project, precision), trust_model=trust_model,
-        wait=wait,
+        wait=wait, max_memory=parse_size(max_memory) if max_memory else None,
     )
     progress = _Bars(ctx.obj.get("quiet", False), _convert_stage([s.name for s in specs]))
     with progress.bar:

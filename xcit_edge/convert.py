@@ -26,6 +26,7 @@ from xcit_edge.calibration import CalibrationSet, load_calibration
 from xcit_edge.errors import ConversionError, UsageError, XcitEdgeError
 from xcit_edge.fsutil import atomic_dir, check_output_dir, output_lock, sha256_tree
 from xcit_edge.graph import PreparedGraph, prepare
+from xcit_edge.memory import check_fits, estimate_convert, tree_bytes
 from xcit_edge.metrics import agreement, failures
 from xcit_edge.precision import DropCheck, convert_within_drop
 from xcit_edge.preprocessing import Preprocessing
@@ -67,6 +68,7 @@ class ConvertOptions:
     reference: ReferenceOptions | None = None  # also store the source's outputs (OUT/reference.npz), e.g. on a TPU
     trust_model: bool = False  # run a model whose graph reaches outside it (safety.check_ops)
     wait: bool = False  # another run holds OUT's lock: wait for it instead of failing
+    max_memory: int | None = None  # bytes the run may use (memory.check_fits); None: what is available
 
 
 @dataclass
@@ -87,13 +89,17 @@ class ArtifactResult:
                 "xca_fused": self.manifest["xca"]["in_artifact"], "max_drop": self.manifest.get("max_drop")}
 
 
-def _calibration(graph: PreparedGraph, targets: list[TargetSpec], opts: ConvertOptions,
-                 progress: Progress | None) -> CalibrationSet:
+def calibration_limit(targets: list[TargetSpec], opts: ConvertOptions) -> int:
     wanted = max([int(t.quantization.get("calibration_images", DEFAULT_CALIBRATION_IMAGES)) for t in targets
                   if t.quantized] or [CHECK_IMAGES])
     if opts.reference is not None:  # the stored reference covers the decoded images: more than a quick check
         wanted = max(wanted, DEFAULT_CALIBRATION_IMAGES)
-    limit = opts.calibration_images or wanted
+    return opts.calibration_images or wanted
+
+
+def _calibration(graph: PreparedGraph, targets: list[TargetSpec], opts: ConvertOptions,
+                 progress: Progress | None) -> CalibrationSet:
+    limit = calibration_limit(targets, opts)
     data = opts.calibration
     if data is None:
         data = "sample"
@@ -233,6 +239,8 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
     check_output_dir(out, opts.force)  # before minutes of work
     placement = _reference_placement(opts.reference)  # a TPU that is not there fails before any conversion
     src = resolve(model, weights=opts.weights)
+    model_bytes = tree_bytes(src.path)
+    check_fits(estimate_convert(model_bytes, (0, 0), 0), opts.max_memory)  # before the model is loaded
     graph = prepare(src.path, signature=opts.signature, output_key=opts.output_key,
                     preprocessing=opts.preprocessing, bake_preprocessing=opts.bake_preprocessing,
                     allow_unknown=opts.allow_unknown_model, fuse=opts.fuse,
@@ -240,6 +248,8 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
     if opts.max_drop is not None and graph.features:
         raise UsageError("--max-drop measures a top-1 drop: it needs a classifier, not a feature extractor")
     targets = [_with_options(t, opts) for t in targets]
+    check_fits(estimate_convert(model_bytes, graph.preprocessing.size, calibration_limit(targets, opts)),
+               opts.max_memory)
     cal = _calibration(graph, targets, opts, progress)
     calib_inputs = graph.model_input(cal.model_ready(graph.preprocessing, graph.baked))
     drop_check = None

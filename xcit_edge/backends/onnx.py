@@ -121,6 +121,8 @@ def _quantize_qdq(src: Path, dst: Path, calib: np.ndarray, spec) -> None:
         str(pre), str(dst), _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types,
         nodes_to_exclude=keep_nodes, calibrate_method=CalibrationMethod.MinMax,
+        # not CalibMaxIntermediateOutputs (bounded memory): up to ORT 1.32 it clears each full buffer without
+        # computing its ranges, keeping only the last partial chunk (microsoft/onnxruntime#18893, fix PR #32577)
     )
     pre.unlink()
     model = onnx.load(str(dst))

@@ -1,0 +1,48 @@
+"""Memory limits: a conversion that will not fit is refused up front, with the estimate, not OOM-killed later.
+
+(Whether the estimate bounds the real peak is measured by `benchmarks/convert.py`: peak / estimate.)"""
+
+import pytest
+from conftest import one_line_error, run
+
+from xcit_edge.errors import UsageError
+from xcit_edge.memory import GIB, Estimate, available_memory, check_fits, estimate_convert, parse_size
+
+
+def test_sizes_in_binary_units():
+    assert parse_size("8G") == 8 * GIB == parse_size("8GiB") == parse_size("8 gb")
+    assert parse_size("512M") == 512 << 20 and parse_size("1.5G") == 3 * GIB // 2 and parse_size("4096") == 4096
+    for bad in ("", "-1G", "0", "lots", "8X"):
+        with pytest.raises(UsageError, match="--max-memory"):
+            parse_size(bad)
+
+
+def test_the_estimate_grows_with_the_model_and_the_images():
+    small, big = estimate_convert(10 << 20, (224, 224), 100), estimate_convert(100 << 20, (224, 224), 100)
+    assert big.model == 10 * small.model and big.calibration == small.calibration
+    assert estimate_convert(10 << 20, (224, 224), 400).calibration == 4 * small.calibration
+
+
+def test_too_little_memory_is_one_line_with_the_estimate_and_what_to_do():
+    est = Estimate(runtimes=GIB, model=2 * GIB, calibration=2 * GIB, images=100)
+    check_fits(est, 6 * GIB)  # fits: no error
+    with pytest.raises(UsageError) as e:
+        check_fits(est, 4 * GIB)
+    msg = str(e.value)
+    assert "about 5.0 GiB" in msg and "model 2.0 GiB" in msg and "--max-memory (4.0 GiB)" in msg
+    assert "--calibration-images 50 or less" in msg  # 1 GiB left for images at 2 GiB per 100
+    with pytest.raises(UsageError, match="more memory"):
+        check_fits(est, 2 * GIB)  # not even the model fits: fewer images would not help
+
+
+def test_the_machine_reports_what_it_has():
+    limit, what = available_memory()
+    assert limit is not None and limit > 0 and what in ("available memory", "the cgroup memory limit")
+
+
+def test_convert_over_max_memory_stops_before_loading_the_model(fixture_dir, tmp_path):
+    line = one_line_error(run("convert", fixture_dir, "--target", "onnx", "--out", tmp_path / "out",
+                              "--max-memory", "300M"))
+    assert "needs about" in line and "--max-memory (0.3 GiB)" in line
+    assert not (tmp_path / "out").exists()
+    assert "--max-memory" in one_line_error(run("convert", fixture_dir, "--out", tmp_path / "o", "--max-memory", "x"))

@@ -1,0 +1,107 @@
+"""Will a conversion fit in memory? Said before the work starts, instead of the kernel's OOM kill later.
+
+The estimate is a linear model of peak resident memory fitted to measurements of `convert` (every
+target, `benchmarks/memory.py` reruns them and prints estimate against measured peak):
+
+    peak ≈ runtimes + MODEL_FACTOR × SavedModel bytes + IMAGE_FACTOR × float input bytes × images
+
+The model term is large because one SavedModel lives several times over while it is frozen,
+rewritten, probed and converted (TF's loaded variables, the frozen GraphDef, grappler's copies,
+each converter's own graph). The limit is `--max-memory`, else what the machine can give now
+(MemAvailable, capped by a cgroup limit: containers and CI runners).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from xcit_edge.errors import UsageError
+
+GIB = 1 << 30
+RUNTIMES_BYTES = int(0.9 * GIB)  # TensorFlow, ONNX Runtime, OpenVINO, LiteRT imported and initialized
+MODEL_FACTOR = 52.0
+IMAGE_FACTOR = 4.5
+_CGROUP_FILES = (("memory.max", "memory.current"), ("memory.limit_in_bytes", "memory.usage_in_bytes"))  # v2, v1
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": GIB, "T": 1 << 40}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Peak resident memory of a run, by part (bytes)."""
+
+    runtimes: int
+    model: int
+    calibration: int
+    images: int
+
+    @property
+    def total(self) -> int:
+        return self.runtimes + self.model + self.calibration
+
+    def describe(self) -> str:
+        parts = f"runtimes {gib(self.runtimes)}, model {gib(self.model)}"
+        if self.images:
+            parts += f", {self.images} calibration images {gib(self.calibration)}"
+        return f"about {gib(self.total)} ({parts})"
+
+
+def gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def parse_size(text: str) -> int:
+    """'8G', '8GiB', '512M', '1.5 GB' or plain bytes -> bytes (binary units: what `free -h` shows)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(?:I?B)?\s*", str(text).upper())
+    if not m or float(m[1]) <= 0:
+        raise UsageError(f"--max-memory {text!r}: give a size such as 8G, 512M or 1.5GiB")
+    return int(float(m[1]) * _UNITS[m[2]])
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def estimate_convert(model_bytes: int, input_hw: tuple[int, int], images: int) -> Estimate:
+    per_image = IMAGE_FACTOR * input_hw[0] * input_hw[1] * 3 * 4
+    return Estimate(RUNTIMES_BYTES, int(MODEL_FACTOR * model_bytes), int(per_image * images), images)
+
+
+def available_memory() -> tuple[int | None, str]:
+    """What this process can still allocate: MemAvailable, or less under a cgroup limit."""
+    found: list[tuple[int, str]] = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append((int(line.split()[1]) * 1024, "available memory"))
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in _CGROUP_FILES:
+        limit = _cgroup_value(limit_file)
+        if limit is not None and limit < 1 << 60:
+            found.append((max(0, limit - (_cgroup_value(usage_file) or 0)), "the cgroup memory limit"))
+            break
+    return min(found) if found else (None, "unknown")
+
+
+def _cgroup_value(name: str) -> int | None:
+    for base in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/memory")):
+        try:
+            text = (base / name).read_text().strip()
+        except OSError:
+            continue
+        return None if text == "max" else int(text) if text.isdigit() else None
+    return None
+
+
+def check_fits(est: Estimate, max_memory: int | None) -> None:
+    """Refuse, with the estimate, a run that would not fit under `max_memory` (or what is available)."""
+    limit, what = (max_memory, "--max-memory") if max_memory else available_memory()
+    if limit is None or est.total <= limit:
+        return
+    fewer = max(0, math.floor((limit - est.runtimes - est.model) / max(1, est.calibration / max(1, est.images))))
+    hint = (f"pass --calibration-images {fewer} or less, or " if 0 < fewer < est.images else "") + \
+        "run it on a machine with more memory" + ("" if max_memory else " (or set --max-memory if this is wrong)")
+    raise UsageError(f"this conversion needs {est.describe()}, more than {what} ({gib(limit)}): {hint}")
