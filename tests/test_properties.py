@@ -129,3 +129,59 @@ def test_manifest_reader_on_random_bytes_and_mutated_manifests(one_artifact, dat
         pass
     finally:
         (one_artifact / MANIFEST).write_bytes(original)
+
+
+def _mutate(data: bytes, draw) -> bytes:
+    """Truncate, then overwrite a few bytes: the damage of a cut download or a flipped disk block."""
+    out = bytearray(data[: draw(st.integers(0, len(data)))])
+    for _ in range(draw(st.integers(0, 6))):
+        if out:
+            out[draw(st.integers(0, len(out) - 1))] = draw(st.integers(0, 255))
+    return bytes(out)
+
+
+@pytest.fixture(scope="module")
+def real_checkpoints(tmp_path_factory) -> dict[str, bytes]:
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    state = {"patch_embed.proj.0.0.weight": torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(0)),
+             "blocks.0.gamma1": torch.ones(8), "cls_token": torch.zeros(1, 1, 8)}
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.save({"model": state}, d / "a.pth")
+    save_file(state, str(d / "a.safetensors"))
+    return {s: (d / f"a{s}").read_bytes() for s in (".pth", ".safetensors")}
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_checkpoint_reader_on_mutated_checkpoints(real_checkpoints, data):
+    from xcit_edge.checkpoint import read_checkpoint
+
+    suffix = data.draw(st.sampled_from(sorted(real_checkpoints)))
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"w{suffix}"
+        path.write_bytes(_mutate(real_checkpoints[suffix], data.draw))
+        try:
+            tensors = read_checkpoint(path)
+        except UsageError:
+            return
+    assert all(isinstance(v, np.ndarray) for v in tensors.values())
+
+
+@settings(max_examples=120, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_reference_reader_on_mutated_reference_files(data):
+    from xcit_edge.reference import Reference, load_reference
+
+    with tempfile.TemporaryDirectory() as d:
+        good = Reference(np.ones((3, 10), np.float32), ["a", "b", "c"], np.arange(3), "0" * 64, "1" * 64,
+                         {"model": "m"}).save(Path(d) / "ref.npz")
+        good.write_bytes(_mutate(good.read_bytes(), data.draw))
+        try:
+            ref = load_reference(good)
+        except UsageError:
+            return
+    assert ref.outputs.shape[0] == len(ref.names)
