@@ -92,17 +92,27 @@ def test_a_signal_during_conversion_exits_promptly_and_leaves_the_output_as_it_w
     assert _tree(converted) == before  # no temp left, nothing replaced, nothing half-written
 
 
+def _kill_point(proc: subprocess.Popen, out: Path, rng: random.Random, targets: int) -> None:
+    """Sleep until a seeded random moment: half the time at 0.2-8 s from the start (loading, freezing,
+    calibration), half the time 0-2 s after the k-th target started writing (converting, checking, renaming)."""
+    if rng.random() < 0.5:
+        time.sleep(rng.uniform(0.2, 8.0))
+        return
+    k, seen = rng.randint(1, targets), set()
+    while proc.poll() is None and len(seen) < k:
+        seen |= {p.name for p in out.iterdir() if ".tmp-" in p.name}
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 2.0))
+
+
 def _kill_runs(runs: int, seed: int, converted: Path, fixture_dir, calib_npz, targets: str) -> None:
-    """SIGKILL `convert --force` at seeded random times over a full run's length; after every kill each
-    visible artifact must match its manifest. A last, unkilled run sweeps what the kills left."""
-    t0 = time.monotonic()
-    proc = _start(fixture_dir, converted, calib_npz, targets)
-    assert proc.wait(timeout=600) == 0, proc.stderr.read()
-    length = time.monotonic() - t0
+    """SIGKILL `convert --force` at seeded random points; after every kill each visible artifact must match
+    its manifest. A last, unkilled run sweeps what the kills left and completes."""
     rng = random.Random(seed)
+    count = 6 if targets == "all" else len(targets.split(","))
     for _ in range(runs):
         proc = _start(fixture_dir, converted, calib_npz, targets)
-        time.sleep(rng.uniform(0.2, length))
+        _kill_point(proc, converted, rng, count)
         proc.kill()
         proc.wait()
         assert _check_artifacts(converted) >= 1

@@ -14,6 +14,7 @@ each converter's own graph). The limit is `--max-memory`, else what the machine 
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,20 +73,29 @@ def estimate_convert(model_bytes: int, input_hw: tuple[int, int], images: int) -
 
 
 def available_memory() -> tuple[int | None, str]:
-    """What this process can still allocate: MemAvailable, or less under a cgroup limit."""
+    """The most this process can grow to: what it holds now plus MemAvailable, or less under a cgroup limit
+    (the estimate is of the whole process's peak, so what it already holds counts on both sides)."""
     found: list[tuple[int, str]] = []
+    own = _own_rss()
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                found.append((int(line.split()[1]) * 1024, "available memory"))
+                found.append((own + int(line.split()[1]) * 1024, "available memory"))
     except (OSError, ValueError, IndexError):
         pass
     for limit_file, usage_file in _CGROUP_FILES:
         limit = _cgroup_value(limit_file)
         if limit is not None and limit < 1 << 60:
-            found.append((max(0, limit - (_cgroup_value(usage_file) or 0)), "the cgroup memory limit"))
+            found.append((own + max(0, limit - (_cgroup_value(usage_file) or 0)), "the cgroup memory limit"))
             break
     return min(found) if found else (None, "unknown")
+
+
+def _own_rss() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _cgroup_value(name: str) -> int | None:
