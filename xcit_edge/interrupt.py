@@ -65,9 +65,12 @@ def _raise(signum: int, frame) -> None:
 def _watch(sock: socket.socket, stop: threading.Event, grace: float) -> None:
     """Wait for a signal byte; then give the main thread `grace` seconds to unwind on its own."""
     try:
-        first = sock.recv(1)
-        if not first or stop.is_set():
-            return
+        while True:  # the wakeup fd hears every signal with a Python handler: act on ours only
+            first = sock.recv(1)
+            if not first or stop.is_set():
+                return
+            if first[0] in _SIGNALS:
+                break
         sock.settimeout(grace)
         with contextlib.suppress(TimeoutError, OSError):
             sock.recv(1)  # a second signal cuts the grace short
