@@ -160,11 +160,15 @@ def decode_image(path: Path, pre: Preprocessing) -> np.ndarray:
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as img:
             img.load()
-            return resize_crop(img, pre)
+            pixels = resize_crop(img, pre)
+    for w in caught:  # e.g. "Corrupt EXIF data" on an image that decodes: not the user's console's business
+        log.debug("%s: %s", display_name(path), w.message)
+    return pixels
 
 
 def display_name(p: Path) -> str:
