@@ -27,6 +27,19 @@ def run(cmd: list[str]) -> None:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
 
 
+def measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run `cmd` in its own wrapper process: (result, seconds, peak RSS MiB). ru_maxrss of children is a
+    running maximum over all of them, so each measurement gets a fresh wrapper to be its own peak."""
+    wrapper = [sys.executable, "-c",
+               "import resource,subprocess,sys; r = subprocess.run(sys.argv[1:]).returncode; "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r)", *cmd]
+    t0 = time.perf_counter()
+    proc = subprocess.run(wrapper, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - t0
+    peak = int(proc.stderr.strip().splitlines()[-1]) / 1024 if proc.stderr.strip() else float("nan")
+    return proc, seconds, peak
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="xcit_nano_12_p16_224,xcit_tiny_24_p16_224")
@@ -34,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     cli = [sys.executable, "-m", "xcit_edge.cli", "--quiet"]
     from xcit_edge.convert import ConvertOptions, calibration_limit
-    from xcit_edge.memory import estimate_convert, tree_bytes
+    from xcit_edge.memory import estimate, tree_bytes
     from xcit_edge.targets import parse_targets
     from xcit_edge.zoo import get_config
 
@@ -50,23 +63,14 @@ def main() -> None:
         base = None
         for target in ["onnx"] + [t for t in targets if t != "onnx"] + (["all"] if len(targets) > 1 else []):
             chosen = list(specs.values()) if target == "all" else [specs[target]]
-            est = estimate_convert(tree_bytes(sm), (size, size), calibration_limit(chosen, ConvertOptions()))
+            est = estimate(tree_bytes(sm), (size, size), calibration_limit(chosen, ConvertOptions()))
             target = ",".join(targets) if target == "all" else target
             out = tmp / f"{model}-{target}"
-            # ru_maxrss of children is a running maximum over all of them: measure each in its own
-            # wrapper process so the figure is this conversion's peak.
-            wrapper = [sys.executable, "-c",
-                       "import resource,subprocess,sys; subprocess.run(sys.argv[1:], check=True); "
-                       "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)",
-                       *cli, "convert", str(sm), "--target", target, "--out", str(out), "--json"]
-            t0 = time.perf_counter()
-            proc = subprocess.run(wrapper, capture_output=True, text=True, check=False)
-            seconds = time.perf_counter() - t0
+            proc, seconds, peak = measured([*cli, "convert", str(sm), "--target", target, "--out", str(out), "--json"])
             if proc.returncode:
                 err = [ln for ln in proc.stderr.splitlines() if ln.startswith(("error:", "internal error:"))]
                 print(f"{model:24s} {target:14s} FAILED: {(err or ['?'])[-1][:150]}", flush=True)
                 continue
-            peak = int(proc.stderr.strip().splitlines()[-1]) / 1024
             entries = json.loads(proc.stdout)["artifacts"]
             mb = sum(f["bytes"] for e in entries
                      for f in json.loads(Path(e["manifest"]).read_text())["artifact"]["files"])

@@ -6,7 +6,7 @@ import pytest
 from conftest import one_line_error, run
 
 from xcit_edge.errors import UsageError
-from xcit_edge.memory import GIB, Estimate, available_memory, check_fits, estimate_convert, parse_size
+from xcit_edge.memory import GIB, Estimate, available_memory, check_fits, estimate, parse_size, tree_bytes
 
 
 def test_sizes_in_binary_units():
@@ -18,9 +18,9 @@ def test_sizes_in_binary_units():
 
 
 def test_the_estimate_grows_with_the_model_and_the_images():
-    small, big = estimate_convert(10 << 20, (224, 224), 100), estimate_convert(100 << 20, (224, 224), 100)
+    small, big = estimate(10 << 20, (224, 224), 100), estimate(100 << 20, (224, 224), 100)
     assert big.model == 10 * small.model and big.calibration == small.calibration
-    assert estimate_convert(10 << 20, (224, 224), 400).calibration == 4 * small.calibration
+    assert estimate(10 << 20, (224, 224), 400).calibration == 4 * small.calibration
 
 
 def test_too_little_memory_is_one_line_with_the_estimate_and_what_to_do():
@@ -30,7 +30,7 @@ def test_too_little_memory_is_one_line_with_the_estimate_and_what_to_do():
         check_fits(est, 4 * GIB)
     msg = str(e.value)
     assert "about 5.0 GiB" in msg and "model 2.0 GiB" in msg and "--max-memory (4.0 GiB)" in msg
-    assert "--calibration-images 50 or less" in msg  # 1 GiB left for images at 2 GiB per 100
+    assert "use 50 images or fewer" in msg  # 1 GiB left for images at 2 GiB per 100
     with pytest.raises(UsageError, match="more memory"):
         check_fits(est, 2 * GIB)  # not even the model fits: fewer images would not help
 
@@ -46,3 +46,23 @@ def test_convert_over_max_memory_stops_before_loading_the_model(fixture_dir, tmp
     assert "needs about" in line and "--max-memory (0.3 GiB)" in line
     assert not (tmp_path / "out").exists()
     assert "--max-memory" in one_line_error(run("convert", fixture_dir, "--out", tmp_path / "o", "--max-memory", "x"))
+
+
+def _just_over_the_model(fixture_dir) -> str:
+    """A --max-memory the fixture's model part fits in with room for fewer than its 200 calibration images."""
+    est = estimate(tree_bytes(fixture_dir), (64, 64), 0)
+    return str(est.total + (20 << 20))
+
+
+@pytest.mark.parametrize("command", ["reference", "validate"])
+def test_too_many_images_are_refused_before_any_is_decoded(command, fixture_dir, fixture_artifacts, calib_npz,
+                                                           tmp_path):
+    limit = _just_over_the_model(fixture_dir)
+    if command == "reference":
+        args = ["reference", fixture_dir, "--calibration", calib_npz, "--out", tmp_path / "ref.npz"]
+    else:
+        args = ["validate", fixture_artifacts["onnx"]["path"], "--source", fixture_dir, "--calibration", calib_npz]
+    line = one_line_error(run(*args, "--max-memory", limit))
+    assert "200 calibration images" in line and "images or fewer" in line
+    assert not (tmp_path / "ref.npz").exists()
+    assert run(*args, "--max-memory", limit, "--max-images", 20).exit_code == 0  # what the message says to do

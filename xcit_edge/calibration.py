@@ -322,8 +322,10 @@ def _array_set(path: Path, pre: Preprocessing) -> CalibrationSet:
 
 def load_calibration(data: str | os.PathLike, pre: Preprocessing, *, class_names: list[str] | None = None,
                      labels_file: Path | None = None, limit: int | None = None,
-                     progress: Progress | None = None) -> CalibrationSet:
-    """Resolve DATA (see the module doc) and decode up to `limit` items for preprocessing `pre`."""
+                     progress: Progress | None = None,
+                     before_decode: Callable[[int], None] | None = None) -> CalibrationSet:
+    """Resolve DATA (see the module doc) and decode up to `limit` items for preprocessing `pre`;
+    `before_decode(n)` hears how many images are about to be decoded (a memory check may refuse)."""
     text = str(data)
     subsets = subset_definitions()
     if text == "sample":
@@ -342,7 +344,10 @@ def load_calibration(data: str | os.PathLike, pre: Preprocessing, *, class_names
             if path.suffix not in (".npy", ".npz"):
                 raise UsageError(f"{path}: calibration files must be .npy or .npz (or give a folder of images)")
             cal = _load_array(path, pre)
-            return cal.take(limit) if limit else cal
+            cal = cal.take(limit) if limit else cal
+            if before_decode:  # the array is in memory; its float copies are not yet
+                before_decode(len(cal))
+            return cal
         files, labels = _folder_files(path, class_names)
         source = str(path)
     if labels_file is not None:
@@ -351,6 +356,8 @@ def load_calibration(data: str | os.PathLike, pre: Preprocessing, *, class_names
         raise UsageError(f"{source}: no images found")
     if limit:
         files, labels = _spread(files, labels, limit)
+    if before_decode:
+        before_decode(len(files))
     return _decode_all(files, labels, pre, source, progress)
 
 

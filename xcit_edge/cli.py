@@ -165,6 +165,8 @@ def _preprocessing_override(size, mean, std, interpolation, crop_pct):
 
 _TRUST_HELP = ("Run a model whose graph touches files, the network or the Python process (refused otherwise; "
                "a warning names what it contains).")
+_MAX_MEMORY = click.option("--max-memory", help="Memory the run may use (e.g. 8G); refused up front, with the "
+                           "estimate, if it needs more. Default: what the machine has available.")
 
 
 class _Bars:
@@ -232,8 +234,7 @@ def _convert_stage(targets: list[str]):
 @click.option("--force", is_flag=True,
               help="Replace artifacts in a non-empty --out (each one only once its replacement is complete).")
 @click.option("--wait", is_flag=True, help="If another run is writing to --out, wait for it instead of failing.")
-@click.option("--max-memory", help="Memory the run may use (e.g. 8G); refused up front, with the estimate, if it "
-              "needs more. Default: what the machine has available.")
+@_MAX_MEMORY
 @click.option("--trust-model", is_flag=True, help=_TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print {\"artifacts\": [...]} as JSON on stdout.")
 @click.pass_context
@@ -244,7 +245,6 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
     """Convert MODEL (SavedModel dir, archive, hub handle or arch name) to TFLite, ONNX and OpenVINO."""
     from xcit_edge.convert import ConvertOptions
     from xcit_edge.convert import convert as run_convert
-    from xcit_edge.memory import parse_size
     from xcit_edge.targets import parse_targets
 
     specs = parse_targets(target)
@@ -256,7 +256,7 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
         force=force, write_tflite_metadata=not no_tflite_metadata, fuse=not no_fuse,
         allow_partial_fusion=allow_partial_fusion, inline_functions=inline_functions, max_drop=max_drop,
         reference=_reference_options(reference_device, tpu, zone, project, precision), trust_model=trust_model,
-        wait=wait, max_memory=parse_size(max_memory) if max_memory else None,
+        wait=wait, max_memory=_max_memory(max_memory),
     )
     progress = _Bars(ctx.obj.get("quiet", False), _convert_stage([s.name for s in specs]))
     with progress.bar:
@@ -275,6 +275,12 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
                        f"--reference {ref_path} --calibration {calibration or 'sample'} --max-images {n}")
     if failed:
         ctx.exit(1)
+
+
+def _max_memory(text: str | None) -> int | None:
+    from xcit_edge.memory import parse_size
+
+    return parse_size(text) if text else None
 
 
 def _reference_options(device, tpu, zone, project, precision):
@@ -320,17 +326,19 @@ def _validate_stage(stage: str, done: int, total: int) -> str:
 @click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint, when --source is an architecture name.")
 @click.option("--no-localize", is_flag=True, help="Do not look for the first diverging XCA block of a failure.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Write report.md/.json/.html here.")
+@_MAX_MEMORY
 @click.option("--trust-model", is_flag=True, help=_TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON on stdout.")
 @click.pass_context
 def validate(ctx, artifacts, source, reference, calibration, labels_file, max_images, weights, no_localize,
-             report_dir, trust_model, as_json):
+             report_dir, max_memory, trust_model, as_json):
     """Run ARTIFACTS (convert's output directories) against the source model; exit 1 if any misses its target."""
     from xcit_edge.validate import ValidateOptions
     from xcit_edge.validate import validate as run_validate
 
     opts = ValidateOptions(source=source, reference=reference, calibration=calibration, labels_file=labels_file,
-                           max_images=max_images, weights=weights, localize=not no_localize, trust_model=trust_model)
+                           max_images=max_images, weights=weights, localize=not no_localize, trust_model=trust_model,
+                           max_memory=_max_memory(max_memory))
     progress = _Bars(ctx.obj.get("quiet", False), _validate_stage)
     with progress.bar:
         result = run_validate(list(artifacts), opts, progress=progress)
@@ -381,16 +389,18 @@ def _print_validation(result, report_dir) -> None:
               help="highest: full float32 matmuls (TF32 off: HIGHEST precision under XLA on TPU).")
 @click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
               help="--device cpu: split the host CPU into this many logical devices (the distributed path).")
+@_MAX_MEMORY
 @click.option("--trust-model", is_flag=True, help=_TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
 @click.pass_context
 def reference(ctx, model, calibration, out, labels_file, max_images, weights, signature, output_key, device, tpu,
-              zone, project, batch_size, precision, replicas, trust_model, as_json):
+              zone, project, batch_size, precision, replicas, max_memory, trust_model, as_json):
     """Run MODEL on the calibration images (CPU, GPUs or a Cloud TPU) and store its outputs for validate."""
     from xcit_edge.reference import ReferenceOptions, compute_reference
 
     opts = ReferenceOptions(device=device, tpu=tpu, zone=zone, project=project, batch_size=batch_size,
-                            precision=precision, replicas=replicas, trust_model=trust_model)
+                            precision=precision, replicas=replicas, trust_model=trust_model,
+                            max_memory=_max_memory(max_memory))
     progress = _Bars(ctx.obj.get("quiet", False), _validate_stage)
     with progress.bar:
         ref = compute_reference(model, calibration, labels_file=labels_file, max_images=max_images, weights=weights,

@@ -26,7 +26,7 @@ from xcit_edge.calibration import CalibrationSet, load_calibration
 from xcit_edge.errors import ConversionError, UsageError, XcitEdgeError
 from xcit_edge.fsutil import atomic_dir, check_output_dir, output_lock, sha256_tree
 from xcit_edge.graph import PreparedGraph, prepare
-from xcit_edge.memory import check_fits, estimate_convert, tree_bytes
+from xcit_edge.memory import check_fits, estimate, image_budget, tree_bytes
 from xcit_edge.metrics import agreement, failures
 from xcit_edge.precision import DropCheck, convert_within_drop
 from xcit_edge.preprocessing import Preprocessing
@@ -98,7 +98,7 @@ def calibration_limit(targets: list[TargetSpec], opts: ConvertOptions) -> int:
 
 
 def _calibration(graph: PreparedGraph, targets: list[TargetSpec], opts: ConvertOptions,
-                 progress: Progress | None) -> CalibrationSet:
+                 progress: Progress | None, before_decode: Callable[[int], None]) -> CalibrationSet:
     limit = calibration_limit(targets, opts)
     data = opts.calibration
     if data is None:
@@ -108,7 +108,7 @@ def _calibration(graph: PreparedGraph, targets: list[TargetSpec], opts: ConvertO
                         "give real images for a deployable int8 model")
     cb = (lambda d, n: progress("calibration", d, n)) if progress else None
     return load_calibration(data, graph.preprocessing, class_names=graph.labels, labels_file=opts.labels_file,
-                            limit=limit, progress=cb)
+                            limit=limit, progress=cb, before_decode=before_decode)
 
 
 def _check(spec: TargetSpec, mod, workdir: Path, conv_files: list[str], inputs: np.ndarray,
@@ -240,7 +240,7 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
     placement = _reference_placement(opts.reference)  # a TPU that is not there fails before any conversion
     src = resolve(model, weights=opts.weights)
     model_bytes = tree_bytes(src.path)
-    check_fits(estimate_convert(model_bytes, (0, 0), 0), opts.max_memory)  # before the model is loaded
+    check_fits(estimate(model_bytes, (0, 0), 0), opts.max_memory)  # before the model is loaded
     graph = prepare(src.path, signature=opts.signature, output_key=opts.output_key,
                     preprocessing=opts.preprocessing, bake_preprocessing=opts.bake_preprocessing,
                     allow_unknown=opts.allow_unknown_model, fuse=opts.fuse,
@@ -248,9 +248,8 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
     if opts.max_drop is not None and graph.features:
         raise UsageError("--max-drop measures a top-1 drop: it needs a classifier, not a feature extractor")
     targets = [_with_options(t, opts) for t in targets]
-    check_fits(estimate_convert(model_bytes, graph.preprocessing.size, calibration_limit(targets, opts)),
-               opts.max_memory)
-    cal = _calibration(graph, targets, opts, progress)
+    cal = _calibration(graph, targets, opts, progress,
+                       image_budget(model_bytes, graph.preprocessing.size, opts.max_memory))
     calib_inputs = graph.model_input(cal.model_ready(graph.preprocessing, graph.baked))
     drop_check = None
     if opts.max_drop is not None and any(t.quantized for t in targets):

@@ -26,7 +26,10 @@ GIB = 1 << 30
 # (estimates 2.24 and 6.39); a single target peaks lower (benchmarks/convert.py).
 RUNTIMES_BYTES = int(1.3 * GIB)  # TensorFlow, ONNX Runtime, OpenVINO, LiteRT, NNCF imported and initialized
 MODEL_FACTOR = 48.0
+# per decoded image, in float32 inputs (benchmarks/memory.py measures the slopes: validate 4.6, reference 3.6;
+# convert's quantizer calibration stays under 4.5 on nano): decode, normalize, the runtimes' copies
 IMAGE_FACTOR = 4.5
+REFERENCE_IMAGE_FACTOR = 3.6
 _CGROUP_FILES = (("memory.max", "memory.current"), ("memory.limit_in_bytes", "memory.usage_in_bytes"))  # v2, v1
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": GIB, "T": 1 << 40}
 
@@ -67,9 +70,12 @@ def tree_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def estimate_convert(model_bytes: int, input_hw: tuple[int, int], images: int) -> Estimate:
-    per_image = IMAGE_FACTOR * input_hw[0] * input_hw[1] * 3 * 4
-    return Estimate(RUNTIMES_BYTES, int(MODEL_FACTOR * model_bytes), int(per_image * images), images)
+def estimate(model_bytes: int, input_hw: tuple[int, int], images: int, image_factor: float = IMAGE_FACTOR,
+             loaded_bytes: int = 0) -> Estimate:
+    """Peak of a run over a SavedModel of `model_bytes` (0: none), `images` decoded at `input_hw`, plus
+    `loaded_bytes` held as they are (artifacts in their runtimes)."""
+    per_image = image_factor * input_hw[0] * input_hw[1] * 3 * 4
+    return Estimate(RUNTIMES_BYTES, int(MODEL_FACTOR * model_bytes) + loaded_bytes, int(per_image * images), images)
 
 
 def available_memory() -> tuple[int | None, str]:
@@ -108,12 +114,22 @@ def _cgroup_value(name: str) -> int | None:
     return None
 
 
+def image_budget(model_bytes: int, input_hw: tuple[int, int], max_memory: int | None,
+                 image_factor: float = IMAGE_FACTOR, loaded_bytes: int = 0):
+    """A `load_calibration(before_decode=...)` hook: checks the run with the number of images about to be
+    decoded, before any is."""
+    def check(images: int) -> None:
+        check_fits(estimate(model_bytes, input_hw, images, image_factor, loaded_bytes), max_memory)
+    return check
+
+
 def check_fits(est: Estimate, max_memory: int | None) -> None:
     """Refuse, with the estimate, a run that would not fit under `max_memory` (or what is available)."""
     limit, what = (max_memory, "--max-memory") if max_memory else available_memory()
     if limit is None or est.total <= limit:
         return
     fewer = max(0, math.floor((limit - est.runtimes - est.model) / max(1, est.calibration / max(1, est.images))))
-    hint = (f"pass --calibration-images {fewer} or less, or " if 0 < fewer < est.images else "") + \
+    hint = (f"use {fewer} images or fewer (--calibration-images / --max-images), or "
+            if 0 < fewer < est.images else "") + \
         "run it on a machine with more memory" + ("" if max_memory else " (or set --max-memory if this is wrong)")
-    raise UsageError(f"this conversion needs {est.describe()}, more than {what} ({gib(limit)}): {hint}")
+    raise UsageError(f"this run needs {est.describe()}, more than {what} ({gib(limit)}): {hint}")

@@ -24,6 +24,7 @@ from xcit_edge import __version__
 from xcit_edge.calibration import CalibrationSet, load_calibration
 from xcit_edge.errors import UsageError
 from xcit_edge.fsutil import atomic_file, sha256_tree
+from xcit_edge.memory import REFERENCE_IMAGE_FACTOR, check_fits, estimate, image_budget, tree_bytes
 from xcit_edge.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class ReferenceOptions:
     precision: str = "default"  # default | highest
     replicas: int = 1  # cpu: split the host CPU into this many logical devices
     trust_model: bool = False  # run a model whose graph reaches outside it (safety.check_ops)
+    max_memory: int | None = None  # bytes the run may use (memory.check_fits); None: what is available
 
 
 def compute_reference(model: str, data: str, *, labels_file: Path | None = None, max_images: int | None = None,
@@ -136,11 +138,14 @@ def compute_reference(model: str, data: str, *, labels_file: Path | None = None,
     placement = make_placement(opts.device, tpu=opts.tpu, zone=opts.zone, project=opts.project,
                                replicas=opts.replicas)  # before TensorFlow runs anything (CPU split)
     src = resolve(model, weights=weights)
+    model_bytes = tree_bytes(src.path)
+    check_fits(estimate(model_bytes, (0, 0), 0), opts.max_memory)  # before the model is loaded
     graph = prepare(src.path, signature=signature, output_key=output_key, preprocessing=preprocessing,
                     allow_unknown=True, fuse=False, trust_model=opts.trust_model)  # signature, layout, preprocessing
     cb = (lambda d, n: progress("calibration", d, n)) if progress else None
+    budget = image_budget(model_bytes, graph.preprocessing.size, opts.max_memory, REFERENCE_IMAGE_FACTOR)
     cal = load_calibration(data, graph.preprocessing, class_names=graph.labels, labels_file=labels_file,
-                           limit=max_images, progress=cb)
+                           limit=max_images, progress=cb, before_decode=budget)
     return run_reference(graph, placement, cal, src.ref, sha256_tree(src.path), opts.batch_size, opts.precision,
                          progress)
 

@@ -28,6 +28,7 @@ from xcit_edge.backends import backend
 from xcit_edge.calibration import CalibrationSet, load_calibration
 from xcit_edge.errors import UsageError
 from xcit_edge.fsutil import sha256_file, sha256_tree
+from xcit_edge.memory import check_fits, estimate, image_budget, tree_bytes
 from xcit_edge.metrics import agreement, cosine, failures, kl_divergence
 from xcit_edge.preprocessing import Preprocessing
 from xcit_edge.reference import REFERENCE_FILE, Reference, load_reference, run_reference
@@ -36,6 +37,7 @@ from xcit_edge.targets import TargetSpec, all_targets
 log = logging.getLogger(__name__)
 
 MAX_LABELS_BYTES = 1 << 20
+LOADED_FACTOR = 3  # an artifact in its runtime: the file, the runtime's graph, its prepacked weights
 WORST_IMAGES = 8
 
 # progress(stage, done, total): stages "calibration", "reference" and each artifact's target name
@@ -52,6 +54,7 @@ class ValidateOptions:
     weights: Path | None = None
     localize: bool = True
     trust_model: bool = False  # run a source whose graph reaches outside it (safety.check_ops)
+    max_memory: int | None = None  # bytes the run may use (memory.check_fits); None: what is available
 
 
 @dataclass
@@ -208,6 +211,8 @@ def _reference_from_source(opts: ValidateOptions, arts: list[OpenArtifact], pre:
     from xcit_edge.source import resolve
 
     src = resolve(opts.source, weights=opts.weights)
+    model_bytes = tree_bytes(src.path)
+    check_fits(estimate(model_bytes, (0, 0), 0), opts.max_memory)  # before the source is loaded
     m = arts[0].manifest["source"]
     graph = prepare(src.path, signature=m.get("signature"), output_key=m.get("output_key"), preprocessing=pre,
                     allow_unknown=True, fuse=False, trust_model=opts.trust_model)
@@ -215,7 +220,7 @@ def _reference_from_source(opts: ValidateOptions, arts: list[OpenArtifact], pre:
     if src_sha != sha:
         log.warning("%s is not the model the artifacts were converted from (sha256 %s…, manifest %s…); "
                     "comparing anyway", opts.source, src_sha[:12], sha[:12])
-    cal = cal_loader(graph.labels)
+    cal = cal_loader(graph.labels, model_bytes)
     ref = run_reference(graph, make_placement("cpu"), cal, src.ref, src_sha, progress=progress)
     return ref, cal, graph
 
@@ -318,10 +323,14 @@ def validate(artifacts: list[Path], opts: ValidateOptions, progress: Progress | 
     sha, pre = _common(arts)
     class_names = _class_names(arts[0])
 
-    def cal_loader(model_labels):
+    loaded = LOADED_FACTOR * sum(e["bytes"] for a in arts for e in a.manifest["artifact"]["files"])
+
+    def cal_loader(model_labels, model_bytes: int = 0):
         cb = (lambda d, n: progress("calibration", d, n)) if progress else None
+        budget = image_budget(model_bytes, pre.size, opts.max_memory, loaded_bytes=loaded)
         return load_calibration(opts.calibration, pre, class_names=class_names or model_labels,
-                                labels_file=opts.labels_file, limit=opts.max_images, progress=cb)
+                                labels_file=opts.labels_file, limit=opts.max_images, progress=cb,
+                                before_decode=budget)
 
     graph = None
     if opts.source is not None:
