@@ -26,7 +26,7 @@ from xcit_edge.calibration import CalibrationSet, load_calibration
 from xcit_edge.errors import ConversionError, UsageError, XcitEdgeError
 from xcit_edge.fsutil import atomic_dir, check_output_dir, output_lock, sha256_tree
 from xcit_edge.graph import PreparedGraph, prepare
-from xcit_edge.memory import check_fits, estimate, image_budget, tree_bytes
+from xcit_edge.memory import check_model, image_budget, tree_bytes
 from xcit_edge.metrics import agreement, failures
 from xcit_edge.precision import DropCheck, convert_within_drop
 from xcit_edge.preprocessing import Preprocessing
@@ -240,7 +240,7 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
     placement = _reference_placement(opts.reference)  # a TPU that is not there fails before any conversion
     src = resolve(model, weights=opts.weights)
     model_bytes = tree_bytes(src.path)
-    check_fits(estimate(model_bytes, (0, 0), 0), opts.max_memory)  # before the model is loaded
+    check_model(model_bytes, opts.max_memory)  # before the model is loaded
     graph = prepare(src.path, signature=opts.signature, output_key=opts.output_key,
                     preprocessing=opts.preprocessing, bake_preprocessing=opts.bake_preprocessing,
                     allow_unknown=opts.allow_unknown_model, fuse=opts.fuse,

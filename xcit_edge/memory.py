@@ -114,6 +114,11 @@ def _cgroup_value(name: str) -> int | None:
     return None
 
 
+def check_model(model_bytes: int, max_memory: int | None) -> None:
+    """Before a SavedModel of `model_bytes` is loaded: the runtimes and the model alone must fit."""
+    check_fits(estimate(model_bytes, (0, 0), 0), max_memory)
+
+
 def image_budget(model_bytes: int, input_hw: tuple[int, int], max_memory: int | None,
                  image_factor: float = IMAGE_FACTOR, loaded_bytes: int = 0):
     """A `load_calibration(before_decode=...)` hook: checks the run with the number of images about to be

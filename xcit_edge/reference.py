@@ -24,7 +24,7 @@ from xcit_edge import __version__
 from xcit_edge.calibration import CalibrationSet, load_calibration
 from xcit_edge.errors import UsageError
 from xcit_edge.fsutil import atomic_file, sha256_tree
-from xcit_edge.memory import REFERENCE_IMAGE_FACTOR, check_fits, estimate, image_budget, tree_bytes
+from xcit_edge.memory import REFERENCE_IMAGE_FACTOR, check_model, image_budget, tree_bytes
 from xcit_edge.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def compute_reference(model: str, data: str, *, labels_file: Path | None = None,
                                replicas=opts.replicas)  # before TensorFlow runs anything (CPU split)
     src = resolve(model, weights=weights)
     model_bytes = tree_bytes(src.path)
-    check_fits(estimate(model_bytes, (0, 0), 0), opts.max_memory)  # before the model is loaded
+    check_model(model_bytes, opts.max_memory)  # before the model is loaded
     graph = prepare(src.path, signature=signature, output_key=output_key, preprocessing=preprocessing,
                     allow_unknown=True, fuse=False, trust_model=opts.trust_model)  # signature, layout, preprocessing
     cb = (lambda d, n: progress("calibration", d, n)) if progress else None

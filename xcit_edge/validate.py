@@ -28,7 +28,7 @@ from xcit_edge.backends import backend
 from xcit_edge.calibration import CalibrationSet, load_calibration
 from xcit_edge.errors import UsageError
 from xcit_edge.fsutil import sha256_file, sha256_tree
-from xcit_edge.memory import check_fits, estimate, image_budget, tree_bytes
+from xcit_edge.memory import check_model, image_budget, tree_bytes
 from xcit_edge.metrics import agreement, cosine, failures, kl_divergence
 from xcit_edge.preprocessing import Preprocessing
 from xcit_edge.reference import REFERENCE_FILE, Reference, load_reference, run_reference
@@ -212,7 +212,7 @@ def _reference_from_source(opts: ValidateOptions, arts: list[OpenArtifact], pre:
 
     src = resolve(opts.source, weights=opts.weights)
     model_bytes = tree_bytes(src.path)
-    check_fits(estimate(model_bytes, (0, 0), 0), opts.max_memory)  # before the source is loaded
+    check_model(model_bytes, opts.max_memory)  # before the source is loaded
     m = arts[0].manifest["source"]
     graph = prepare(src.path, signature=m.get("signature"), output_key=m.get("output_key"), preprocessing=pre,
                     allow_unknown=True, fuse=False, trust_model=opts.trust_model)
