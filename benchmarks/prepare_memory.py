@@ -1,0 +1,73 @@
+"""Resident memory after each step of `graph.prepare` (load, freeze, GELU canonicalization, XCA fusion, the
+adapted function): where the model term of `xcit_edge/memory.py` (48 x the SavedModel's bytes) comes from.
+
+The steps are `graph/freeze.py`'s own, called in its order on a SavedModel built with seeded weights; VmRSS
+and VmHWM (peak) are read from /proc/self/status after each, printed with their growth as a multiple of
+the SavedModel's size. Linux only.
+
+    python benchmarks/prepare_memory.py [--model xcit_small_12_p16_224]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _status() -> tuple[int, int]:
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) << 10, int(fields["VmHWM"].split()[0]) << 10
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="xcit_small_12_p16_224")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
+    sm = tmp / "model"
+    subprocess.run([sys.executable, "-m", "xcit_edge.cli", "--quiet", "build", args.model, "--out", str(sm)],
+                   check=True)
+
+    from xcit_edge.tfimport import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from xcit_edge.graph import freeze as fz
+    from xcit_edge.memory import tree_bytes
+    from xcit_edge.savedmodel import read_metadata
+
+    size = tree_bytes(sm)
+    rss0, _ = _status()
+    print(f"{args.model}: SavedModel {size / 2**20:.0f} MiB")
+    print(f"{'after':20s} {'RSS MiB':>8s} {'peak MiB':>9s} {'peak growth / model':>20s}")
+
+    def report(step: str) -> None:
+        rss, hwm = _status()
+        print(f"{step:20s} {rss / 2**20:8.0f} {hwm / 2**20:9.0f} {(hwm - rss0) / size:20.1f}", flush=True)
+
+    report("import")
+    loaded = fz._load(sm)
+    report("load")
+    _, sig = fz._pick_signature(loaded, sm, None)
+    in_shape = fz._image_input(sig, sm)[1]
+    frozen = convert_variables_to_constants_v2(sig)
+    report("freeze")
+    out_tensor = frozen.outputs[0].name
+    gd, _ = fz.canonicalize_gelu(frozen.graph.as_graph_def(), [fz._node_name(out_tensor)])
+    report("canonicalize_gelu")
+    meta = read_metadata(sm)
+    gd, _ = fz._fusion(sm, gd, frozen, out_tensor, in_shape, meta, meta["arch"], False)
+    report("xca fusion")
+    inner = fz._inner_function(gd, frozen.inputs[0].name, out_tensor)
+    report("inner function")
+    fn = fz._adapted(inner, in_shape, "NHWC", fz.preprocessing_of(sm)[0], False)
+    fn.graph.as_graph_def()
+    report("adapted + GraphDef")
+
+
+if __name__ == "__main__":
+    main()
