@@ -5,7 +5,9 @@ The steps are `graph/freeze.py`'s own, called in its order on a SavedModel built
 and VmHWM (peak) are read from /proc/self/status after each, printed with their growth as a multiple of
 the SavedModel's size. Linux only.
 
-    python benchmarks/prepare_memory.py [--model xcit_small_12_p16_224]
+    python benchmarks/prepare_memory.py [--model xcit_small_12_p16_224] [--whole]
+
+--whole: one `graph.prepare` call as the commands make it (objects dropped as prepare drops them), its peak.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def _status() -> tuple[int, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="xcit_small_12_p16_224")
+    ap.add_argument("--whole", action="store_true", help="one prepare() call: its peak")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
     sm = tmp / "model"
@@ -50,6 +53,12 @@ def main() -> None:
         print(f"{step:20s} {rss / 2**20:8.0f} {hwm / 2**20:9.0f} {(hwm - rss0) / size:20.1f}", flush=True)
 
     report("import")
+    if args.whole:
+        from xcit_edge.graph import prepare
+
+        prepare(sm)
+        report("prepare()")
+        return
     loaded = fz._load(sm)
     report("load")
     _, sig = fz._pick_signature(loaded, sm, None)
