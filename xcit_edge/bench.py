@@ -218,13 +218,12 @@ def artifact_candidate(path: Path) -> Candidate:
 
     art = open_artifact(path, load=False)
     io = art.manifest["io"]["input"]
-    size = sum((art.path / e["file"]).stat().st_size for e in art.manifest["artifact"]["files"])
 
     def load(threads: int):
         return partial(art.module.run, art.load(threads))
 
     return Candidate(_unique_name(art.spec.name, art.path), art.spec.backend, load, partial(_artifact_input, io),
-                     size, partial(_probe_memory, art.path))
+                     art.file_bytes, partial(_probe_memory, art.path))
 
 
 def _unique_name(target: str, path: Path) -> str:

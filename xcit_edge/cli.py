@@ -35,8 +35,8 @@ class _Group(click.Group):
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
         except MemoryError:
-            click.echo("error: out of memory (see --max-memory: convert estimates what it needs before starting)",
-                       err=True)
+            click.echo("error: out of memory (convert, validate and reference estimate what they need before "
+                       "starting: see --max-memory)", err=True)
             ctx.exit(2)
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (interrupt.Interrupted): temps already removed
             click.echo("error: interrupted", err=True)

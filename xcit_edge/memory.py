@@ -133,7 +133,8 @@ def check_fits(est: Estimate, max_memory: int | None) -> None:
     limit, what = (max_memory, "--max-memory") if max_memory else available_memory()
     if limit is None or est.total <= limit:
         return
-    fewer = max(0, math.floor((limit - est.runtimes - est.model) / max(1, est.calibration / max(1, est.images))))
+    per_image = est.calibration / est.images if est.images else 0
+    fewer = math.floor((limit - est.runtimes - est.model) / per_image) if per_image else 0
     hint = (f"use {fewer} images or fewer (--calibration-images / --max-images), or "
             if 0 < fewer < est.images else "") + \
         "run it on a machine with more memory" + ("" if max_memory else " (or set --max-memory if this is wrong)")

@@ -77,6 +77,11 @@ class OpenArtifact:
             raise UsageError(f"{self.path}: {self.spec.backend} cannot load {self.spec.file} ({first})") from e
 
     @property
+    def file_bytes(self) -> int:
+        """What the artifact's files weigh (the manifest's sizes: open_artifact checked them by hash)."""
+        return sum(e["bytes"] for e in self.manifest["artifact"]["files"])
+
+    @property
     def kind(self) -> str:
         return self.manifest["io"]["output"].get("kind", "logits")
 
@@ -323,7 +328,7 @@ def validate(artifacts: list[Path], opts: ValidateOptions, progress: Progress | 
     sha, pre = _common(arts)
     class_names = _class_names(arts[0])
 
-    loaded = LOADED_FACTOR * sum(e["bytes"] for a in arts for e in a.manifest["artifact"]["files"])
+    loaded = LOADED_FACTOR * sum(a.file_bytes for a in arts)
 
     def cal_loader(model_labels, model_bytes: int = 0):
         cb = (lambda d, n: progress("calibration", d, n)) if progress else None
