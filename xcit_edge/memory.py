@@ -22,8 +22,8 @@ from pathlib import Path
 from xcit_edge.errors import UsageError
 
 GIB = 1 << 30
-# Fitted to `convert --target all` peaks (100 calibration images at 224 px): nano 2.16 GiB, small_12 6.16 GiB
-# (estimates 2.24 and 6.39); a single target peaks lower (benchmarks/convert.py).
+# Fitted to `convert --target all` peaks of nano and small_12; benchmarks/convert.py prints measured peak /
+# estimate per target and for all six (README "Conversion cost": 0.59-0.98).
 RUNTIMES_BYTES = int(1.3 * GIB)  # TensorFlow, ONNX Runtime, OpenVINO, LiteRT, NNCF imported and initialized
 MODEL_FACTOR = 48.0
 # per decoded image, in float32 inputs (benchmarks/memory.py measures the slopes: validate 4.6, reference 3.6;
