@@ -49,10 +49,12 @@ def test_inspect_our_build(tmp_path):
     assert "XCiT variant:  xcit_tiny_12_p16_224_fe" in text and "bicubic" in text
 
 
-def test_inspect_foreign_nchw_guesses_variant(foreign_nchw):
+def test_inspect_foreign_nchw_identifies_variant(foreign_nchw):
     info = inspect_model(foreign_nchw)
     assert info.layout == "NCHW"
-    assert info.variant == "xcit_nano_12_p16_224" and "guessed" in info.variant_origin
+    assert info.variant == "xcit_nano_12_p16_224" and "identified from the graph" in info.variant_origin
+    assert {k: info.structure[k] for k in ("patch_size", "depth", "width", "heads", "tokens")} == {
+        "patch_size": 16, "depth": 12, "width": 128, "heads": 4, "tokens": 196}
     assert info.params == 3_053_224
     assert [o.key for o in info.signatures[0].outputs] == ["logits"]
     assert list(info.preprocessing["size"]) == [224, 224] and "assumed" in info.preprocessing_origin

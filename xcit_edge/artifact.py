@@ -17,7 +17,7 @@ from pathlib import Path
 from xcit_edge import __version__
 from xcit_edge.errors import UsageError
 from xcit_edge.fsutil import read_json_document, sha256_file
-from xcit_edge.preprocessing import Preprocessing
+from xcit_edge.preprocessing import LAYOUTS, Preprocessing
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "xcit-edge.artifact/1"
@@ -72,6 +72,9 @@ def _check_fields(doc: dict, path: Path) -> None:
         shape = _field(_field(doc["io"], part, dict, "io.", path), "shape", list, f"io.{part}.", path)
         if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
             raise UsageError(f"{path}: manifest field io.{part}.shape is not a list of integers")
+    layout = doc["io"]["input"].get("layout", "NHWC")
+    if layout not in LAYOUTS:
+        raise UsageError(f"{path}: manifest field io.input.layout {str(layout)[:20]!r} is none of {', '.join(LAYOUTS)}")
     for entry in _field(doc["artifact"], "files", list, "artifact.", path):
         for key, kind in (("file", str), ("sha256", str), ("bytes", int)):
             _field(entry, key, kind, "artifact.files[].", path)

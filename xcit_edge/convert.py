@@ -23,7 +23,7 @@ import numpy as np
 from xcit_edge.artifact import LABELS_FILE, file_entries, library_versions, write_manifest
 from xcit_edge.backends import backend
 from xcit_edge.calibration import CalibrationSet, load_calibration
-from xcit_edge.errors import ConversionError, UsageError, XcitEdgeError
+from xcit_edge.errors import ConversionError, UsageError, XcitEdgeError, first_line
 from xcit_edge.fsutil import atomic_dir, check_output_dir, output_lock, sha256_tree
 from xcit_edge.graph import PreparedGraph, prepare
 from xcit_edge.memory import check_model, image_budget, tree_bytes
@@ -162,10 +162,14 @@ def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, ca
             raise XcitEdgeError(f"cannot write {dest}: {e.strerror or e}") from e
         except XcitEdgeError:
             raise
-        except Exception as e:
+        except MemoryError:
+            raise
+        except Exception as e:  # a converter's or runtime's own failure: this target fails, the others go on
             if shutil.disk_usage(tmp).free < MIN_FREE_BYTES:
                 raise XcitEdgeError(f"cannot write {dest}: no space left on device") from e
-            raise
+            log.debug("%s failed", spec.name, exc_info=True)
+            raise ConversionError(f"{spec.name}: {spec.backend} conversion failed "
+                                  f"({type(e).__name__}: {first_line(e)})") from e
         xca = _xca_in_artifact(spec, graph, conv.details, opts)
         if check["failures"] and not spec.quantized:
             why = "; ".join(check["failures"])

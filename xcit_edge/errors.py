@@ -19,3 +19,9 @@ class ConversionError(XcitEdgeError):
     """One target could not be produced or does not run: the others still can (exit 1)."""
 
     exit_code = 1
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when it has none), at most `limit` characters."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__

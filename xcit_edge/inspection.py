@@ -11,7 +11,7 @@ from pathlib import Path
 
 from xcit_edge.errors import UsageError
 from xcit_edge.savedmodel import preprocessing_of, read_metadata
-from xcit_edge.zoo import get_config, param_count, timm_names
+from xcit_edge.zoo import get_config, param_count
 
 MAX_PB_BYTES = 2 << 30  # protobuf's own limit
 
@@ -47,6 +47,7 @@ class ModelInfo:
     preprocessing: dict
     preprocessing_origin: str
     ops: list[str] = field(default_factory=list)
+    structure: dict = field(default_factory=dict)  # graph.structure.Structure: what the graph shows
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -120,39 +121,20 @@ def graph_ops(meta_graph) -> list[str]:
     return sorted(ops)
 
 
-def count_parameters(meta_graph) -> tuple[int, str]:
-    """Trainable variables from the object graph, else float constants (foreign frozen graphs)."""
+def trainable_parameters(meta_graph) -> int:
+    """Trainable variables of the object graph: timm's count for our own SavedModels."""
     import numpy as np
 
-    total = 0
-    for node in meta_graph.object_graph_def.nodes:
-        if node.WhichOneof("kind") == "variable" and node.variable.trainable:
-            total += int(np.prod([d.size for d in node.variable.shape.dim]))
-    if total:
-        return total, "trainable variables"
-    consts = list(meta_graph.graph_def.node)
-    for fn in meta_graph.graph_def.library.function:
-        consts.extend(fn.node_def)
-    for n in consts:
-        if n.op == "Const" and n.attr["dtype"].type in (1, 19, 14):  # float32, float16, bfloat16
-            dims = [d.size for d in n.attr["value"].tensor.tensor_shape.dim]
-            if len(dims) >= 1 and int(np.prod(dims)) > 1:
-                total += int(np.prod(dims))
-    return total, "float constants (approximate: includes non-parameter constants)"
+    return sum(int(np.prod([d.size for d in node.variable.shape.dim])) for node in meta_graph.object_graph_def.nodes
+               if node.WhichOneof("kind") == "variable" and node.variable.trainable)
 
 
-def guess_variant(img_size: int | None, out_dim: int | None, params: int) -> str | None:
-    """The timm architecture whose resolution, output width and parameter count fit best."""
-    best, best_err = None, 0.02  # within 2%
-    for name in timm_names():
-        for features in (False, True):
-            cfg = get_config(name, features=features)
-            if (img_size and cfg.img_size != img_size) or (out_dim and cfg.output_dim != out_dim):
-                continue
-            err = abs(param_count(cfg) - params) / param_count(cfg)
-            if err < best_err:
-                best, best_err = name + ("_fe" if features else ""), err
-    return best
+def graph_structure(meta_graph, signature_key: str, img_size: int | None, out_dim: int | None):
+    """The XCiT structure (`graph.structure.Structure`) of one signature, from the protobuf (functions
+    expanded, nothing loaded)."""
+    from xcit_edge.graph.structure import serving_nodes, structure_of, variable_shapes  # graph imports us
+
+    return structure_of(serving_nodes(meta_graph, signature_key), variable_shapes(meta_graph), img_size, out_dim)
 
 
 def inspect_model(path: Path) -> ModelInfo:
@@ -165,20 +147,26 @@ def inspect_model(path: Path) -> ModelInfo:
     main = next((s for s in sigs if s.key == "serving_default"), sigs[0])
     in_shape = main.inputs[0].shape if main.inputs else None
     layout = input_layout(in_shape)
-    params, params_origin = count_parameters(mg)
     meta = read_metadata(path)
     img_size = None
     if in_shape and layout != "unknown":
         img_size = in_shape[1] if layout == "NHWC" else in_shape[2]
         img_size = img_size if img_size and img_size > 0 else None
+    out_shape = main.outputs[0].shape if main.outputs else None
+    out_dim = out_shape[-1] if out_shape and out_shape[-1] > 0 else None
+    structure = graph_structure(mg, main.key, img_size, out_dim)
     if meta:
         variant = meta["arch"] + ("_fe" if meta.get("features") else "")
         variant_origin = "recorded by xcit-edge build"
+        params, params_origin = trainable_parameters(mg), "trainable variables"
     else:
-        out_shape = main.outputs[0].shape if main.outputs else None
-        out_dim = out_shape[-1] if out_shape and out_shape[-1] > 0 else None
-        variant = guess_variant(img_size, out_dim, params)
-        variant_origin = "guessed from input size, output width and parameter count" if variant else "not recognised"
+        variant = structure.variant
+        variant_origin = (f"identified from the graph: {structure.describe()}" if variant
+                          else f"not recognised: {structure.reason}")
+        params, params_origin = structure.weights, "float constants and variables in the serving graph"
+        if variant:
+            params = param_count(get_config(variant, img_size=img_size))
+            params_origin = f"timm's count for {variant} ({structure.weights:,} float values in the graph)"
     pre, pre_origin = preprocessing_of(path, img_size or 224)
     return ModelInfo(Path(path), sigs, layout, params, params_origin, variant, variant_origin,
-                     pre.to_dict(), pre_origin, graph_ops(mg))
+                     pre.to_dict(), pre_origin, graph_ops(mg), structure.to_dict())

@@ -52,7 +52,8 @@ def source_block_outputs(graph, x: np.ndarray) -> dict[int, np.ndarray]:
     exits = block_exits(ops)  # node names: a block ends in a single-output op (its merge-heads reshape)
     if not exits:
         return {}
-    outs = run_graph(graph.graph_def, graph.input_tensor, x, [f"{t}:0" for t in exits.values()])
+    outs = run_graph(graph.graph_def, graph.input_tensor, x, [f"{t}:0" for t in exits.values()],
+                     batch=graph.input_shape[0])  # a fixed-batch source takes that many images per run
     return {b: np.asarray(o, np.float32) for b, o in zip(exits, outs, strict=True)}
 
 

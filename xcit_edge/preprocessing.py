@@ -9,7 +9,26 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from xcit_edge.zoo import IMAGENET_MEAN, IMAGENET_STD
+
+# What each axis of a model's image input holds. NWHC is the TF Hub collection's recipe: an NHWC-looking
+# input that the model reads transposed (`model(torch.transpose(x, 1, 3))`), so rows are image columns.
+LAYOUTS = ("NHWC", "NCHW", "NWHC", "NCWH")
+
+
+def layout_perm(layout: str) -> list[int]:
+    """The transpose that takes an NHWC batch to `layout`."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown input layout {layout!r} (known: {', '.join(LAYOUTS)})")
+    return ["NHWC".index(axis) for axis in layout]
+
+
+def to_layout(images: np.ndarray, layout: str) -> np.ndarray:
+    """An NHWC image batch in the axis order `layout` names."""
+    perm = layout_perm(layout)
+    return images if perm == [0, 1, 2, 3] else np.ascontiguousarray(images.transpose(perm))
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,7 @@ class Preprocessing:
         )
         if len(pre.size) != 2 or min(pre.size) < 1 or len(pre.mean) != 3 or len(pre.std) != 3 or 0.0 in pre.std:
             raise ValueError("needs a 2-value size, 3 means and 3 non-zero stds")
+        layout_perm(pre.layout)
         if not 0.0 < pre.crop_pct <= 1.0:
             raise ValueError(f"crop_pct {pre.crop_pct} outside (0, 1]")
         return pre

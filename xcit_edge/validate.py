@@ -30,7 +30,7 @@ from xcit_edge.errors import UsageError
 from xcit_edge.fsutil import sha256_file, sha256_tree
 from xcit_edge.memory import check_model, image_budget, tree_bytes
 from xcit_edge.metrics import agreement, cosine, failures, kl_divergence
-from xcit_edge.preprocessing import Preprocessing
+from xcit_edge.preprocessing import Preprocessing, to_layout
 from xcit_edge.reference import REFERENCE_FILE, Reference, load_reference, run_reference
 from xcit_edge.targets import TargetSpec, all_targets
 
@@ -89,9 +89,7 @@ class OpenArtifact:
         """The calibration images in this artifact's input contract (baked uint8, or float NHWC/NCHW)."""
         baked = bool(self.manifest["preprocessing"].get("baked_into_model"))
         x = cal.model_ready(pre, baked)
-        if not baked and self.manifest["io"]["input"].get("layout") == "NCHW":
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        return x
+        return x if baked else to_layout(x, self.manifest["io"]["input"].get("layout", "NHWC"))
 
 
 @dataclass

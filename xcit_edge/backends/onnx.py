@@ -75,7 +75,7 @@ def _tf2onnx(graph, opset: int):
     model.producer_name = "xcit-edge (tf2onnx)"
     try:
         onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as e:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ConversionError(f"tf2onnx produced an invalid ONNX model: {str(e).splitlines()[0]}") from e
     return model
 
@@ -250,12 +250,17 @@ def load(path: Path, spec=None, threads: int | None = None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def run(session, x: np.ndarray) -> np.ndarray:
+def _batches(session, x: np.ndarray, fetches: list[str] | None) -> list[np.ndarray]:
+    """`fetches` (None: the outputs) for `x`, fed whole or in the session's fixed batch, joined on axis 0."""
     name = session.get_inputs()[0].name
     fixed = session.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) and fixed > 0 else len(x)
-    outs = [session.run(None, {name: x[i:i + step]})[0] for i in range(0, len(x), step)]
-    return np.concatenate(outs).astype(np.float32)
+    parts = [session.run(fetches, {name: x[i:i + step]}) for i in range(0, len(x), step)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def run(session, x: np.ndarray) -> np.ndarray:
+    return _batches(session, x, None)[0].astype(np.float32)
 
 
 def block_outputs(path: Path, spec, x: np.ndarray) -> dict[int, np.ndarray]:
@@ -272,8 +277,7 @@ def block_outputs(path: Path, spec, x: np.ndarray) -> dict[int, np.ndarray]:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    feed = session.get_inputs()[0].name
-    outs = session.run(list(tensors.values()), {feed: x})
+    outs = _batches(session, x, list(tensors.values()))
     return dict(zip(tensors, outs, strict=True))
 
 

@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from xcit_edge.errors import ConversionError, UsageError
-from xcit_edge.graph.canonicalize import canonicalize_gelu, op_counts
+from xcit_edge.graph.canonicalize import canonicalize_gelu
+from xcit_edge.graph.shapefold import fold_shape_math
+from xcit_edge.graph.structure import input_layout, structure_of
 from xcit_edge.graph.xca import FusionReport, count_structural, fuse_xca
-from xcit_edge.inspection import guess_variant, read_saved_model_proto
-from xcit_edge.preprocessing import Preprocessing
+from xcit_edge.inspection import read_saved_model_proto
+from xcit_edge.preprocessing import LAYOUTS, Preprocessing, layout_perm, to_layout
 from xcit_edge.savedmodel import preprocessing_of, read_metadata
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,8 @@ class PreparedGraph:
     input_shape: list[int | None]
     input_dtype: str
     output_shape: list[int | None]
-    layout: str  # of the source model's input: NHWC | NCHW
+    layout: str  # what each axis of the source model's input holds (preprocessing.LAYOUTS)
+    layout_origin: str
     preprocessing: Preprocessing
     preprocessing_origin: str
     baked: bool
@@ -66,7 +69,8 @@ class PreparedGraph:
     def io_spec(self) -> dict:
         return {
             "input": {"name": "input", "dtype": self.input_dtype, "shape": _json_shape(self.input_shape),
-                      "layout": "NHWC" if self.baked else self.layout},
+                      "layout": "NHWC" if self.baked else self.layout,
+                      "layout_origin": "baked: uint8 RGB NHWC" if self.baked else self.layout_origin},
             "output": {"name": "output", "dtype": "float32", "shape": _json_shape(self.output_shape),
                        "kind": "features" if self.features else "logits"},
         }
@@ -75,13 +79,13 @@ class PreparedGraph:
         """Turn calibration images (preprocessed float NHWC, or uint8 NHWC when baked) into this input."""
         if self.baked:
             return images
-        return np.ascontiguousarray(images.transpose(0, 3, 1, 2)) if self.layout == "NCHW" else images
+        return to_layout(images, self.layout)
 
     def run(self, x: np.ndarray, batch: int = 16) -> np.ndarray:
         """The prepared graph in TensorFlow at float32: the reference every artifact is held to."""
         import tensorflow as tf
 
-        step = 1 if self.input_shape[0] == 1 else batch
+        step = self.input_shape[0] or batch  # a fixed-batch source (onnx2tf: 1) takes exactly that many
         outs = [self.fn(tf.constant(x[i:i + step]))[0].numpy() for i in range(0, len(x), step)]
         return np.concatenate(outs).astype(np.float32)
 
@@ -158,40 +162,20 @@ def _pick_output(sig, path: Path, key: str | None) -> str:
     raise UsageError(f"{path}: several outputs ({', '.join(outs)}); choose one with --output-key")
 
 
-def _const_params(graph_def) -> int:
-    """Float constants with more than one element: a frozen graph's weights (plus a few tables)."""
-    from tensorflow.core.framework import types_pb2
-
-    total = 0
-    for node in graph_def.node:
-        if node.op == "Const" and node.attr["dtype"].type in (types_pb2.DT_FLOAT, types_pb2.DT_HALF):
-            n = int(np.prod([d.size for d in node.attr["value"].tensor.tensor_shape.dim]))
-            total += n if n > 1 else 0
-    return total
-
-
-def _looks_like_xcit(graph_def) -> bool:
-    """XCiT's structure, whatever wrote the graph: attention softmaxes, the depthwise convolutions
-    of the local patch interaction, and (canonical) GELUs."""
-    ops = op_counts(graph_def)
-    return ops.get("Softmax", 0) >= 2 and ops.get("DepthwiseConv2dNative", 0) >= 2 and ops.get("Erf", 0) >= 2
-
-
 def _identify(path: Path, meta: dict | None, img_size: int, out_dim: int | None, graph_def,
               allow_unknown: bool) -> tuple[str | None, str, bool]:
+    """The architecture: recorded by `build`, else read from the graph's structure (`graph.structure`);
+    an unidentified model is refused unless `allow_unknown`."""
     if meta:
         return meta["arch"], "recorded by xcit-edge build", bool(meta.get("features"))
-    params = _const_params(graph_def)
-    variant = guess_variant(img_size, out_dim, params)
-    if variant:
-        return variant, "guessed from input size, output width and parameter count", variant.endswith("_fe")
-    if _looks_like_xcit(graph_def):
-        # Exporters add constants (onnx2tf keeps transposed weight copies): the count is only a hint.
-        return None, f"XCiT structure, variant not identified ({params:,} float constants)", out_dim != 1000
+    nodes = [*graph_def.node, *(n for fn in graph_def.library.function for n in fn.node_def)]
+    st = structure_of(nodes, [], img_size, out_dim)
+    if st.variant:
+        return st.variant, f"identified from the graph: {st.describe()}", st.variant.endswith("_fe")
     if allow_unknown:
-        return None, "not recognised (accepted with --allow-unknown-model)", out_dim != 1000
+        return None, f"not identified: {st.reason} (accepted with --allow-unknown-model)", out_dim != 1000
     raise UsageError(
-        f"{path}: not a recognised XCiT model ({params:,} weights, input {img_size}px, output width {out_dim}); "
+        f"{path}: not a recognised XCiT model ({st.reason}; input {img_size}px, output width {out_dim}); "
         "pass --allow-unknown-model to convert it anyway"
     )
 
@@ -226,7 +210,10 @@ def _adapted(inner, shape: list[int | None], layout: str, pre: Preprocessing, ba
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     if bake:
-        nhwc = [shape[0], *shape[2:4], 3] if layout == "NCHW" else list(shape)
+        perm = layout_perm(layout)
+        nhwc = [shape[0], 0, 0, 3]
+        for i, p in enumerate(perm):
+            nhwc[p] = shape[i]
         spec = tf.TensorSpec(nhwc, tf.uint8, name="input")
         scale = np.array(pre.scale, np.float32)
         mean = np.array(pre.mean, np.float32)
@@ -234,7 +221,7 @@ def _adapted(inner, shape: list[int | None], layout: str, pre: Preprocessing, ba
 
         def body(x):
             x = (tf.cast(x, tf.float32) * scale - mean) * inv_std
-            return tf.transpose(x, [0, 3, 1, 2]) if layout == "NCHW" else x
+            return x if perm == [0, 1, 2, 3] else tf.transpose(x, perm)
     else:
         spec = tf.TensorSpec(shape, tf.float32, name="input")
 
@@ -246,6 +233,16 @@ def _adapted(inner, shape: list[int | None], layout: str, pre: Preprocessing, ba
         return tf.identity(inner(body(input)), name="output")
 
     return convert_variables_to_constants_v2(serve.get_concrete_function())
+
+
+def _layout(graph_def, input_tensor: str, by_shape: str) -> tuple[str, str]:
+    """The input layout the graph really reads (`structure.input_layout`), else the one its shape suggests."""
+    found = input_layout(graph_def, _node_name(input_tensor))
+    if found is None or found not in LAYOUTS:
+        return by_shape, "from the input's shape (no path to the first convolution found)"
+    if found != by_shape:
+        log.info("input layout %s read from the graph (its shape suggests %s)", found, by_shape)
+    return found, "read from the graph (transposes up to the first convolution)"
 
 
 def _expected_xca(meta: dict | None, arch: str | None, found: int) -> tuple[int, str]:
@@ -301,9 +298,12 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
     out_key = _pick_output(sig, path, output_key)
     frozen = convert_variables_to_constants_v2(sig)
     out_tensor = frozen.outputs[_flat_output_index(sig, out_key)].name
-    gd, n_gelu = canonicalize_gelu(frozen.graph.as_graph_def(), [_node_name(out_tensor)])
+    gd, folds = fold_shape_math(frozen.graph.as_graph_def(), frozen.inputs[0].name, in_shape,
+                                [_node_name(out_tensor)])
+    gd, n_gelu = canonicalize_gelu(gd, [_node_name(out_tensor)])
+    layout, layout_origin = _layout(gd, frozen.inputs[0].name, layout)
     out_shape = sig.structured_outputs[out_key].shape.as_list()
-    img_size = in_shape[1] if layout == "NHWC" else in_shape[2]
+    img_size = in_shape[1 + layout[1:].index("H")]
     out_dim = out_shape[-1] if out_shape and out_shape[-1] else None
     meta = read_metadata(path)
     arch, arch_origin, features = _identify(path, meta, img_size, out_dim, gd, allow_unknown)
@@ -318,8 +318,8 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
         pre, pre_origin = preprocessing, "given on the command line"
     else:
         pre, pre_origin = preprocessing_of(path, img_size)
-    if layout == "NCHW":
-        pre = Preprocessing(**{**pre.to_dict(), "layout": "NCHW", "size": tuple(pre.size)})
+    if layout != "NHWC":
+        pre = Preprocessing(**{**pre.to_dict(), "layout": layout, "size": tuple(pre.size)})
     fn = _adapted(inner, in_shape, layout, pre, bake_preprocessing)
 
     def factory(batch: int):
@@ -331,11 +331,12 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
     return PreparedGraph(
         fn=fn, graph_def=final_gd, input_tensor=in_spec.name, output_tensor=fn.outputs[0].name,
         input_shape=in_spec.shape.as_list(), input_dtype=in_spec.dtype.name,
-        output_shape=fn.outputs[0].shape.as_list(), layout=layout, preprocessing=pre,
+        output_shape=fn.outputs[0].shape.as_list(), layout=layout, layout_origin=layout_origin, preprocessing=pre,
         preprocessing_origin=pre_origin, baked=bake_preprocessing, arch=arch, arch_origin=arch_origin,
         features=features, labels=_labels(meta, out_dim, features), source=path, signature_key=key,
         output_key=out_key, signature_input=in_name,
-        rewrites={"gelu_canonicalized": n_gelu, "xca_fused": xca["fused"]}, xca=xca,
+        rewrites={"shape_math_folded": folds.folded, "gelu_canonicalized": n_gelu, "xca_fused": xca["fused"]},
+        xca=xca,
         factory=factory,
     )
 

@@ -371,7 +371,10 @@ def _probe_input(shape: list[int | None], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal([batch, *shape[1:]]).astype(np.float32)
 
 
-def run_graph(graph_def, input_tensor: str, x: np.ndarray, fetches: list[str]) -> list[np.ndarray]:
+def run_graph(graph_def, input_tensor: str, x: np.ndarray, fetches: list[str],
+              batch: int | None = None) -> list[np.ndarray]:
+    """`fetches` for input `x` in one TensorFlow session; `batch` set (a fixed-batch graph): `x` is fed that
+    many images at a time and each fetch concatenated along axis 0."""
     from xcit_edge.tfimport import exact_tensorflow
 
     tf = exact_tensorflow()
@@ -380,7 +383,10 @@ def run_graph(graph_def, input_tensor: str, x: np.ndarray, fetches: list[str]) -
     with graph.as_default():
         tf.compat.v1.import_graph_def(graph_def, name="")
     with tf.compat.v1.Session(graph=graph) as sess:
-        return sess.run(fetches, {input_tensor: x})
+        if not batch or len(x) == batch:
+            return sess.run(fetches, {input_tensor: x})
+        parts = [sess.run(fetches, {input_tensor: x[i:i + batch]}) for i in range(0, len(x), batch)]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(fetches))]
 
 
 def _rewire(graph_def, old: str, new: str) -> None:
