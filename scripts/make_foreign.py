@@ -11,8 +11,9 @@ recipe from a timm model (the trained fixture, or a seeded timm nano):
     onnx-tf     Python 3.11, onnx-tf 1.10.0, tensorflow-cpu 2.15.1,          opset 10 (onnx-tf has no Squeeze/
                 tensorflow-addons 0.23.0, tensorflow-probability 0.23.0,     Unsqueeze-13 handlers), dynamic
                 onnx 1.14.1                                                  batch, TIMM_FUSED_ATTN=0
-    onnx2tf-1   this venv (requirements-foreign.txt: onnx2tf 1.29.24)        opset 17, batch 1, ORT-folded
-    onnx2tf-2   Python >= 3.12, onnx2tf[tensorflow] 2.6.9                    opset 17, batch 1; -tb tf_converter -osd
+    onnx2tf-1   this venv (requirements-foreign.txt: onnx2tf 1.29.24)        opset 17, batch 1, ORT-folded; -osd
+    onnx2tf-2   Python >= 3.12, onnx2tf[tensorflow] 2.6.9                    opset 17, batch 1, ORT-folded;
+                                                                             -tb tf_converter -osd
 
 Layouts: `nhwc-wrapper` (the ConvMixer wrapper above) or `nchw` (timm's own input). onnx2tf always
 writes NHWC, whatever the ONNX input (so it takes `nchw` ONNX).
@@ -128,7 +129,8 @@ def export_onnx(net, size: int, tool: str, layout: str, path: Path) -> None:
 
 
 def _fold(path: Path, out: Path) -> None:
-    """ONNX Runtime's basic optimizations fold the Fourier encoding (onnx2tf 1.29 fails on its Expand)."""
+    """ONNX Runtime's basic optimizations fold the Fourier encoding (onnx2tf 1.29 and 2.6.9 fail on its Expand:
+    "Output tensors of a Functional model must be the output of a TensorFlow `Layer`")."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -150,12 +152,12 @@ def convert(tool: str, onnx_path: Path, out: Path, work: Path) -> None:
 
         sample = np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32)
         np.save(work / "calibration_image_sample_data_20x128x128x3_float32.npy", sample)
+        folded = work / "folded.onnx"
+        _fold(onnx_path, folded)
         if tool == "onnx2tf-1":
-            folded = work / "folded.onnx"
-            _fold(onnx_path, folded)
             cmd = [py, "-m", "onnx2tf.onnx2tf", "-i", str(folded), "-o", str(work / "o2t"), "-osd", "-n"]
         else:
-            cmd = [py, "-m", "onnx2tf", "-i", str(onnx_path), "-o", str(work / "o2t"), "-tb", "tf_converter",
+            cmd = [py, "-m", "onnx2tf", "-i", str(folded), "-o", str(work / "o2t"), "-tb", "tf_converter",
                    "-osd", "-n"]
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
     produced = out if tool == "onnx-tf" else work / "o2t"

@@ -12,6 +12,9 @@ FORMS = {
     "onnx2tf ((x/√2 -> erf +1)·x)·0.5": lambda x: ((tf.math.erf(x / 1.4142135623730951) + 1.0) * x) * 0.5,
     "x·(0.5·(1+erf(x·r)))": lambda x: x * (0.5 * (1.0 + tf.math.erf(x * R))),
     "canonical": lambda x: (x * 0.5) * (tf.math.erf(x * R) + 1.0),
+    # onnx2tf 2.6.9 on the stem/LPI GELUs: a layout transpose pair between the Erf and the +1
+    "onnx2tf 2.x (erf -> transpose -> +1 -> transpose back)": lambda x: (
+        x * tf.transpose(tf.transpose(tf.math.erf(x / 1.4142135623730951), [0, 2, 1]) + 1.0, [0, 2, 1])) * 0.5,
 }
 
 
@@ -57,3 +60,13 @@ def test_an_erf_that_is_no_gelu_is_left_alone():
     fn = frozen(lambda x: tf.math.erf(x) * 2.0)
     gd, n = canonicalize_gelu(fn.graph.as_graph_def(), ["out"])
     assert n == 0 and op_counts(gd)["Erf"] == 1
+
+
+def test_a_transpose_that_is_not_undone_is_no_gelu():
+    """Transposed once (a square tensor keeps its shape), erf+1 is in another layout than x: no GELU."""
+    def f(x):
+        sq = tf.reshape(x, [1, 4, 4, 2])
+        return tf.reshape((sq * 0.5) * tf.transpose(tf.math.erf(sq * R) + 1.0, [0, 2, 1, 3]), [1, 4, 8])
+
+    gd, n = canonicalize_gelu(frozen(f).graph.as_graph_def(), ["out"])
+    assert n == 0

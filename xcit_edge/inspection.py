@@ -167,6 +167,10 @@ def inspect_model(path: Path) -> ModelInfo:
         if variant:
             params = param_count(get_config(variant, img_size=img_size))
             params_origin = f"timm's count for {variant} ({structure.weights:,} float values in the graph)"
+    if not meta:
+        from xcit_edge.graph.structure import function_input_layout
+
+        layout = function_input_layout(mg) or layout
     pre, pre_origin = preprocessing_of(path, img_size or 224)
     return ModelInfo(Path(path), sigs, layout, params, params_origin, variant, variant_origin,
                      pre.to_dict(), pre_origin, graph_ops(mg), structure.to_dict())

@@ -12,8 +12,10 @@ its op sequence, and rewritten into that one canonical form:
 
 which TFLite fuses into GELU, tf2onnx maps to ONNX Erf, and OpenVINO reads directly.
 Detection: from each Erf/Erfc node walk up through scalar Mul/RealDiv/Neg to the input x,
-then down through elementwise consumers; the node whose value on test points equals
-gelu(x) (evaluated here in numpy) is the GELU output.
+then down through elementwise consumers and transposes; the node whose value on test points
+equals gelu(x) (evaluated here in numpy), in x's layout, is the GELU output. onnx2tf 2.x writes
+15 of nano's 29 GELUs (stem and LPI) with a transpose pair between Erf and the +1 (measured,
+onnx2tf 2.6.9): the layout is followed through them.
 """
 
 from __future__ import annotations
@@ -81,40 +83,68 @@ class _Graph:
             return cur.name
         return None
 
-    def evaluate(self, name: str, x: str, memo: dict, depth: int = 0) -> np.ndarray | None:
-        """Value of node `name` with x := the test points; None if it depends on anything else."""
+    def perm(self, node) -> tuple[int, ...] | None:
+        """A Transpose's constant permutation."""
+        p = self.nodes.get(_base(node.input[1])) if len(node.input) > 1 else None
+        for _ in range(8):
+            if p is None or p.op not in ("Identity", "Snapshot"):
+                break
+            p = self.nodes.get(_base(p.input[0]))
+        if p is None or p.op != "Const":
+            return None
+        from tensorflow.python.framework import tensor_util
+
+        return tuple(int(v) for v in tensor_util.MakeNdarray(p.attr["value"].tensor).reshape(-1))
+
+    def evaluate(self, name: str, x: str, memo: dict, depth: int = 0) -> tuple | None:
+        """(value, axes) of node `name` with x := the test points, or None if it depends on anything else.
+
+        Elementwise ops act on the points; a Transpose (onnx2tf puts layout transposes between the ops of
+        a GELU) permutes positions, not values, so only its effect on the layout is tracked: `axes` is
+        the composed permutation relative to x (None: x's own layout, or a scalar). Operands of a binary
+        op must share a layout; the GELU's output must be in x's layout.
+        """
         if name == x:
-            return _POINTS
+            return _POINTS, None
         if name in memo:
             return memo[name]
         node = self.nodes.get(name)
         result = None
         if node is not None and (c := self.scalar(node)) is not None:
-            result = np.float64(c)
-        elif node is not None and node.op in ("Identity", "Snapshot") and depth < 8:
+            result = np.float64(c), None
+        elif node is not None and node.op in ("Identity", "Snapshot") and depth < 12:
             result = self.evaluate(_base(node.input[0]), x, memo, depth + 1)
-        elif node is not None and node.op in _ELEMENTWISE and depth < 8:
+        elif node is not None and node.op == "Transpose" and depth < 12 and (perm := self.perm(node)):
+            inner = self.evaluate(_base(node.input[0]), x, memo, depth + 1)
+            if inner is not None and np.ndim(inner[0]):
+                axes = inner[1] or tuple(range(len(perm)))
+                if len(axes) == len(perm):
+                    composed = tuple(axes[p] for p in perm)
+                    result = inner[0], (None if composed == tuple(range(len(perm))) else composed)
+        elif node is not None and node.op in _ELEMENTWISE and depth < 12:
             args = [self.evaluate(_base(i), x, memo, depth + 1) for i in node.input if not i.startswith("^")]
-            if all(a is not None for a in args):
+            layouts = {a[1] for a in args if a is not None and np.ndim(a[0])}
+            if all(a is not None for a in args) and len(layouts) <= 1:
                 with np.errstate(all="ignore"):
-                    result = _apply(node.op, args)
+                    result = _apply(node.op, [a[0] for a in args]), next(iter(layouts), None)
         memo[name] = result
         return result
 
     def gelu_output(self, erf, x: str):
-        """The node downstream of `erf` whose value is gelu(x), if any (breadth-first, 4 levels)."""
+        """The node downstream of `erf` whose value is gelu(x) in x's layout, if any (breadth-first, 6 levels)."""
         memo: dict = {}
         frontier = [erf]
-        for _ in range(4):
+        for _ in range(6):
             nxt = []
             for node in frontier:
                 for cons in self.consumers.get(node.name, []):
-                    if cons.op not in _ELEMENTWISE:
+                    if cons.op not in _ELEMENTWISE and cons.op != "Transpose":
                         continue
-                    val = self.evaluate(cons.name, x, memo)
-                    if val is None:
+                    got = self.evaluate(cons.name, x, memo)
+                    if got is None:
                         continue
-                    if np.ndim(val) and np.allclose(val, _GELU, rtol=1e-5, atol=1e-6):
+                    val, axes = got
+                    if axes is None and np.ndim(val) and np.allclose(val, _GELU, rtol=1e-5, atol=1e-6):
                         return cons
                     nxt.append(cons)
             frontier = nxt

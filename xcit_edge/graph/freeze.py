@@ -237,7 +237,7 @@ def _adapted(inner, shape: list[int | None], layout: str, pre: Preprocessing, ba
 
 def _layout(graph_def, input_tensor: str, by_shape: str) -> tuple[str, str]:
     """The input layout the graph really reads (`structure.input_layout`), else the one its shape suggests."""
-    found = input_layout(graph_def, _node_name(input_tensor))
+    found = input_layout(graph_def.node, _node_name(input_tensor))
     if found is None or found not in LAYOUTS:
         return by_shape, "from the input's shape (no path to the first convolution found)"
     if found != by_shape:

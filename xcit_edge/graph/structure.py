@@ -177,19 +177,20 @@ _AXIS_KEEPING = {"Identity", "Snapshot", "Pad", "PadV2", "MirrorPad", "Sub", "Mu
                  "Maximum", "Minimum", "Cast"}
 
 
-def input_layout(graph_def, input_node: str) -> str | None:
+def input_layout(nodes: Iterable, input_node: str) -> str | None:
     """What each axis of the image input holds ("NHWC", "NCHW", "NWHC", ...), read from the path to the
     first convolution: the transposes on the way are composed and the convolution's data format names
     the axes it sees. None when no such path is found (then the input's shape decides).
 
     The TF Hub collection's recipe feeds `model(torch.transpose(x, 1, 3))`: its NHWC-looking input is
-    really (N, W, H, C), which only the structure shows for a square image.
+    really (N, W, H, C), which only the structure shows for a square image. `nodes` may be a GraphDef's
+    or a FunctionDef's (whose inputs name the function's arguments and `node:output:i` tensors).
     """
     from tensorflow.python.framework import tensor_util
 
-    nodes = {n.name: n for n in graph_def.node}
+    nodes = {n.name: n for n in nodes}
     consumers: dict[str, list] = {}
-    for n in graph_def.node:
+    for n in nodes.values():
         for i in n.input:
             if not i.startswith("^"):
                 consumers.setdefault(i.split(":")[0], []).append(n)
@@ -211,4 +212,16 @@ def input_layout(graph_def, input_node: str) -> str | None:
                 elif node.op in _AXIS_KEEPING:
                     nxt.append((node.name, axes))
         frontier = nxt
+    return None
+
+
+def function_input_layout(meta_graph) -> str | None:
+    """`input_layout` read from the protobuf of a SavedModel: the first function argument that reaches a
+    convolution's data input through layout ops (nothing is loaded)."""
+    for fn in meta_graph.graph_def.library.function:
+        if not any(n.op == "Conv2D" for n in fn.node_def):
+            continue
+        for arg in fn.signature.input_arg:
+            if (found := input_layout(fn.node_def, arg.name)) is not None:
+                return found
     return None
