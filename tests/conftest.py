@@ -161,12 +161,3 @@ def nano(tmp_path_factory):
     path = tmp_path_factory.mktemp("w") / "nano.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
     return model, path
-
-
-@pytest.fixture(scope="session")
-def foreign_fixture(timm_fixture, tmp_path_factory):
-    """The trained fixture as users get models from others: timm -> torch.onnx -> onnx2tf SavedModel
-    (the fixture rather than nano: the same code path, a quarter of the time), at 96 px (see
-    test_convert.FOREIGN_SIZE). Its frozen graph is also the one on which TensorFlow's grappler remapper
-    computes wrongly (`tfimport.exact_tensorflow`): the float targets' checks catch a regression."""
-    return onnx2tf_saved_model(timm_fixture, 96, tmp_path_factory.mktemp("foreign"))
