@@ -221,6 +221,9 @@ def make(model: str, tool: str, layout: str, features: bool, out: Path) -> Path:
             "command": f"scripts/make_foreign.py --model {model} --tool {tool} --layout {layout}"
                        + (" --features" if features else ""),
         }, indent=1) + "\n")
+        for d in staged.iterdir():  # git keeps no empty folder: commit what a clone will have
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
         if out.exists():
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)

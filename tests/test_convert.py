@@ -275,7 +275,8 @@ def test_disk_full_leaves_no_partial_artifact(fixture_dir, tiny_disk):
 
 
 def test_nchw_tf_module_with_other_output_key(timm_fixture, held_out, calib_npz, tmp_path):
-    """An onnx-tf style export: channels-first input, a plain tf.Module, output key `logits`."""
+    """A hand-written tf.Module wrapper: channels-first input, output key `logits` (the real converters'
+    outputs are tests/test_foreign.py's)."""
     import tensorflow as tf
 
     from xcit_edge.build import build_keras

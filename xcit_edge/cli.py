@@ -216,7 +216,8 @@ def _convert_stage(targets: list[str]):
 @click.option("--interpolation", type=click.Choice(["bicubic", "bilinear", "nearest"]), help="Resize filter.")
 @click.option("--crop-pct", type=float, help="Centre-crop fraction (1.0: resize only).")
 @click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint, when MODEL is an architecture name.")
-@click.option("--allow-unknown-model", is_flag=True, help="Convert a model not recognised as XCiT.")
+@click.option("--allow-unknown-model", is_flag=True,
+              help="Convert a model whose structure is no known XCiT variant (see `inspect`).")
 @click.option("--no-tflite-metadata", is_flag=True, help="Do not embed TFLite metadata (MediaPipe needs it).")
 @click.option("--no-fuse", is_flag=True, help="Keep XCA as the source wrote it (no fused attention).")
 @click.option("--allow-partial-fusion", is_flag=True, help="Accept fewer fused XCA blocks than the model's depth.")

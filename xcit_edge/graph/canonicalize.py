@@ -55,13 +55,24 @@ class _Graph:
             for i in n.input:
                 self.consumers.setdefault(_base(i), []).append(n)
 
-    def scalar(self, node) -> float | None:
-        """`_scalar` through Identity chains (inlined function inputs are Identity(Const))."""
+    def through_identities(self, node):
+        """The node an Identity chain reads (inlined function inputs are Identity(Const))."""
         for _ in range(8):
             if node is None or node.op not in ("Identity", "Snapshot"):
                 break
             node = self.nodes.get(_base(node.input[0]))
-        return _scalar(node)
+        return node
+
+    def const_array(self, name: str) -> np.ndarray | None:
+        """The value of the Const that tensor `name` is, through Identity chains; None if it is none."""
+        from tensorflow.python.framework import tensor_util
+
+        node = self.through_identities(self.nodes.get(_base(name)))
+        return None if node is None or node.op != "Const" else tensor_util.MakeNdarray(node.attr["value"].tensor)
+
+    def scalar(self, node) -> float | None:
+        """`_scalar` through Identity chains."""
+        return _scalar(self.through_identities(node))
 
     def input_of(self, erf) -> str | None:
         """Walk up from an Erf/Erfc through scalar Mul/RealDiv/Neg to the tensor x."""
@@ -85,16 +96,8 @@ class _Graph:
 
     def perm(self, node) -> tuple[int, ...] | None:
         """A Transpose's constant permutation."""
-        p = self.nodes.get(_base(node.input[1])) if len(node.input) > 1 else None
-        for _ in range(8):
-            if p is None or p.op not in ("Identity", "Snapshot"):
-                break
-            p = self.nodes.get(_base(p.input[0]))
-        if p is None or p.op != "Const":
-            return None
-        from tensorflow.python.framework import tensor_util
-
-        return tuple(int(v) for v in tensor_util.MakeNdarray(p.attr["value"].tensor).reshape(-1))
+        value = self.const_array(node.input[1]) if len(node.input) > 1 else None
+        return None if value is None else tuple(int(v) for v in value.reshape(-1))
 
     def evaluate(self, name: str, x: str, memo: dict, depth: int = 0) -> tuple | None:
         """(value, axes) of node `name` with x := the test points, or None if it depends on anything else.

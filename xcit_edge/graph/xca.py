@@ -102,6 +102,7 @@ class _Site:
     z: str | None = None  # the tensor entering the output projection (node name)
     tau: np.ndarray | None = None
     reason: str = ""
+    stop: str = ""  # where the walk down to z stopped, and why
 
 
 @dataclass
@@ -115,16 +116,7 @@ class FusionReport:
 
 
 def _const_array(g: _Graph, name: str) -> np.ndarray | None:
-    from tensorflow.python.framework import tensor_util
-
-    node = g.nodes.get(_base(name))
-    for _ in range(8):
-        if node is None or node.op not in ("Identity", "Snapshot"):
-            break
-        node = g.nodes.get(_base(node.input[0]))
-    if node is None or node.op != "Const":
-        return None
-    return tensor_util.MakeNdarray(node.attr["value"].tensor)
+    return g.const_array(name)
 
 
 def _data_inputs(node) -> list[str]:
@@ -207,14 +199,16 @@ def _logits_source(g: _Graph, softmax) -> tuple[str | None, np.ndarray]:
     return None, scale
 
 
-def _descend(g: _Graph, name: str) -> str:
-    """From the attention-apply matmul down through single-consumer layout ops to Z."""
+def _descend(g: _Graph, name: str) -> tuple[str, str]:
+    """From the attention-apply matmul down through single-consumer layout ops to Z; also says what
+    stopped the walk there (for the log, when Z then fails to verify)."""
     for _ in range(16):
         cons = g.consumers.get(name, [])
         if len(cons) != 1 or cons[0].op not in ("Identity", "Transpose", "Reshape", "Squeeze", "ExpandDims"):
-            return name
+            kinds = ", ".join(f"{c.op} {c.name}" for c in cons[:3])
+            return name, f"stopped at {name}: consumers {kinds or 'none'}"
         name = cons[0].name
-    return name
+    return name, f"stopped at {name}: 16 layout ops"
 
 
 def _find_sites(g: _Graph) -> list[_Site]:
@@ -234,8 +228,9 @@ def _find_sites(g: _Graph) -> list[_Site]:
         v_top, _ = _climb(g, v_in[0], through_norm=False) if len(v_in) == 1 else (None, False)
         if len({tops[0][0], tops[1][0], v_top}) != 1 or v_top is None:
             site.reason = "q, k and v do not come from one qkv tensor"
+            site.stop = f"they reach {tops[0][0]}, {tops[1][0]}, {v_top}"
         else:
-            site.x, site.z = v_top, _descend(g, applies[0].name)
+            site.x, (site.z, site.stop) = v_top, _descend(g, applies[0].name)
         sites.append(site)
     order = {name: i for i, name in enumerate(g.nodes)}  # GraphDef order: block 0 first
     return sorted(sites, key=lambda s: order[s.softmax])
@@ -421,6 +416,7 @@ def fuse_xca(graph_def, input_tensor: str, input_shape: list[int | None], output
     for s in sites:
         if not s.x:
             report.skipped[s.softmax] = s.reason
+            log.info("XCA at %s not fused: %s (%s)", s.softmax, s.reason, s.stop)
     if not ready:
         return graph_def, report
     probe = _probe_input(input_shape)
@@ -433,6 +429,7 @@ def fuse_xca(graph_def, input_tensor: str, input_shape: list[int | None], output
         lay = _solve_layout(s, len(probe), *values[3 * i:3 * i + 3])
         if lay is None:
             report.skipped[s.softmax] = "the official XCA of its qkv tensor does not reproduce its output"
+            log.info("XCA at %s not fused: qkv %s, output %s (%s)", s.softmax, s.x, s.z, s.stop)
             continue
         new = _emit(out, fused, s, lay, g.nodes[s.z].device)
         _rewire(out, s.z, new)
