@@ -16,6 +16,8 @@ input) and replaces each that it can predict:
 * the same value at every batch: a `Const`;
 * the shape operand of a Reshape that differs at one position, in proportion to the batch: a `Const`
   with -1 there;
+* another integer vector whose one position is a·batch + c (a StridedSlice's end, a reshape that has
+  its -1 already): the constant parts concatenated around a·batch + c;
 * a value tiled along axis 0 with the batch: `Tile(Const(value at batch 1), [batch, 1, ...])`.
 
 Each prediction is checked at batch 3 before it is used; what cannot be predicted stays as it is
@@ -43,12 +45,13 @@ class FoldReport:
 
     const: int = 0
     reshape: int = 0
+    linear: int = 0
     tiled: int = 0
     left: list[str] = field(default_factory=list)
 
     @property
     def folded(self) -> int:
-        return self.const + self.reshape + self.tiled
+        return self.const + self.reshape + self.linear + self.tiled
 
 
 def _base(name: str) -> str:
@@ -113,9 +116,24 @@ def _frontier(graph_def, kind: dict[str, str]) -> dict[str, list]:
     return frontier
 
 
+def _linear_position(v1: np.ndarray, v2: np.ndarray, v3: np.ndarray, batches) -> tuple[int, int, int] | None:
+    """For an integer vector whose one position is a*batch + c (the rest fixed): (position, a, c)."""
+    if not (v1.ndim == 1 and v1.shape == v2.shape == v3.shape and v1.dtype.kind in "iu"):
+        return None
+    diff = np.flatnonzero(v1 != v2)
+    if diff.size != 1 or not np.array_equal(np.delete(v1, diff[0]), np.delete(v3, diff[0])):
+        return None
+    at = int(diff[0])
+    b1, b2, b3 = batches
+    a = (int(v2[at]) - int(v1[at])) // (b2 - b1)
+    c = int(v1[at]) - a * b1
+    return (at, a, c) if a and int(v2[at]) == a * b2 + c and int(v3[at]) == a * b3 + c else None
+
+
 def _predict(values: list[np.ndarray], readers: list, batches: tuple[int, ...]):
     """How the tensor depends on the batch, from its values at the first two batches: ("const", v),
-    ("reshape", v with -1), ("tile", v at batch 1) or None; checked against the third batch."""
+    ("reshape", v with -1), ("linear", (v, position, a, c)), ("tile", v at batch 1) or None; checked
+    against the third batch."""
     v1 = values[0]
     if len(values) == 1:
         return "const", v1
@@ -123,18 +141,13 @@ def _predict(values: list[np.ndarray], readers: list, batches: tuple[int, ...]):
     b1, b2, b3 = batches
     if v1.shape == v2.shape == v3.shape and np.array_equal(v1, v2) and np.array_equal(v1, v3):
         return "const", v1
-    if (v1.ndim == 1 and v1.shape == v2.shape == v3.shape and v1.dtype.kind in "iu"
-            and all(n.op == "Reshape" and i == 1 for n, i in readers) and -1 not in v1):
-        diff = np.flatnonzero(v1 != v2)
-        if diff.size == 1:
-            at = int(diff[0])
-            per = v1[at] // b1
-            if per and v1[at] == per * b1 and v2[at] == per * b2 and v3[at] == per * b3:
-                other = np.delete(v1, at)
-                if np.array_equal(other, np.delete(v3, at)):
-                    folded = v1.copy()
-                    folded[at] = -1
-                    return "reshape", folded
+    if (lin := _linear_position(v1, v2, v3, batches)) is not None:
+        at, a, c = lin
+        if all(n.op == "Reshape" and i == 1 for n, i in readers) and -1 not in v1 and c == 0:
+            folded = v1.copy()
+            folded[at] = -1  # a static shape everywhere but the batch: what converters fold best
+            return "reshape", folded
+        return "linear", (v1, at, a, c)
     if v1.ndim >= 1 and v1.shape[0] == b1 == 1:
         if np.array_equal(v2, np.repeat(v1, b2, axis=0)) and np.array_equal(v3, np.repeat(v1, b3, axis=0)):
             return "tile", v1
@@ -174,6 +187,28 @@ class _Writer:
                 sl.attr[key].i = 0
             self._batch = sl.name
         return self._batch
+
+    def linear(self, name: str, value: np.ndarray, at: int, a: int, c: int) -> str:
+        """`value` with position `at` computed as a*batch + c, in `value`'s dtype."""
+        from tensorflow.python.framework import dtypes
+
+        dt = dtypes.as_dtype(value.dtype).as_datatype_enum
+        batch = self.gd.node.add(name=f"{PREFIX}{name}/batch", op="Cast", input=[self.batch()])
+        batch.attr["SrcT"].type, batch.attr["DstT"].type = self.i32, dt
+        batch.attr["Truncate"].b = False
+        scaled = self.gd.node.add(name=f"{PREFIX}{name}/scaled", op="Mul",
+                                  input=[batch.name, self.const(f"{name}/a", np.array([a], value.dtype))])
+        moved = self.gd.node.add(name=f"{PREFIX}{name}/moved", op="AddV2",
+                                 input=[scaled.name, self.const(f"{name}/c", np.array([c], value.dtype))])
+        for n in (scaled, moved):
+            n.attr["T"].type = dt
+        parts = [self.const(f"{name}/head", value[:at]), moved.name, self.const(f"{name}/tail", value[at + 1:])]
+        node = self.gd.node.add(name=f"{PREFIX}{name}", op="ConcatV2",
+                                input=[*parts, self.const(f"{name}/axis", np.array(0, np.int32))])
+        node.attr["N"].i = 3
+        node.attr["T"].type = dt
+        node.attr["Tidx"].type = self.i32
+        return node.name
 
     def tile(self, name: str, value: np.ndarray) -> str:
         from tensorflow.python.framework import dtypes
@@ -222,15 +257,20 @@ def fold_shape_math(graph_def, input_tensor: str, input_shape: list[int | None],
             continue
         how, value = guess
         label = tensor.replace(":", "_")
-        new = writer.tile(label, value) if how == "tile" else writer.const(label, value)
-        field_name = {"const": "const", "reshape": "reshape", "tile": "tiled"}[how]
+        if how == "tile":
+            new = writer.tile(label, value)
+        elif how == "linear":
+            new = writer.linear(label, *value)
+        else:
+            new = writer.const(label, value)
+        field_name = {"const": "const", "reshape": "reshape", "linear": "linear", "tile": "tiled"}[how]
         setattr(report, field_name, getattr(report, field_name) + 1)
         for node, idx in readers:
             node.input[idx] = new
     if report.folded:
         out = graph_util.extract_sub_graph(out, keep)
-        log.info("folded %d shape-derived tensors (%d constant, %d reshape with -1, %d batch tiles)",
-                 report.folded, report.const, report.reshape, report.tiled)
+        log.info("folded %d shape-derived tensors (%d constant, %d reshape with -1, %d linear in the batch, "
+                 "%d batch tiles)", report.folded, report.const, report.reshape, report.linear, report.tiled)
     if report.left:
         log.info("left %d shape-derived tensors unfolded (first: %s)", len(report.left), report.left[0])
     return (out if report.folded else graph_def), report
