@@ -90,6 +90,9 @@ def _convert_and_check(name: str, targets: str, timm_fixture, probe, tmp_path) -
         assert entry["xca_fused"] == FIXTURE.depth, entry
         assert man["io"]["input"]["layout"] == LAYOUT[_recipe(name)]
         assert man["source"]["arch"] == FIXTURE.name + ("_fe" if _features(name) else "")
+        assert man["rewrites"]["shape_math_folded"] > 0 or not name.startswith("onnx-tf"), man["rewrites"]
+        if entry["target"] == "onnx" and name.startswith("onnx-tf"):  # its explicit Pads went into the Convs
+            assert man["backend_details"]["rewrites"]["pads_into_conv"] > 0, man["backend_details"]
         spec = all_targets()[entry["target"]]
         mod = backend(spec.backend)
         out = mod.run(mod.load(Path(entry["path"]) / spec.file, spec), xm)

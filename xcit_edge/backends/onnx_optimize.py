@@ -23,6 +23,8 @@ form TFLite needs); ONNX Runtime fuses only `erf(x / 1.4142135)` into its Gelu k
   nano: 50 Mul nodes gone (the manifest's `rewrites`), and ONNX Runtime then fuses every GELU
   (tests/test_onnx_optimize.py checks it on the fixture).
 * `l2_norm_form`: `Sqrt(ReduceSum(Mul(t, t)))` becomes `ReduceL2(t)` (XCA's q and k norms).
+* `pad_into_conv`: an explicit zero `Pad` before a `Conv` (how onnx-tf writes padded convolutions)
+  becomes the Conv's `pads`, so the LPI pattern above is found in onnx-tf graphs too.
 
 `optimize` applies them all and checks the whole rewritten model against the original on the
 probe (1e-5 relative max error), else returns the original.
@@ -345,6 +347,37 @@ def _gelu_scale_into_conv(model, ix: _Index, scaled) -> bool:
     return True
 
 
+def pad_into_conv(model) -> tuple[object, int]:
+    """`Conv(Pad(x, zeros around H, W))` -> `Conv(x, pads=...)`: onnx-tf writes every padded convolution as an
+    explicit Pad before a VALID one, which hides the LPI's GELU -> BatchNorm -> Conv from `fold_scales`
+    and costs a copy of the activation per convolution."""
+    import onnx
+
+    ix = _Index(model)
+    done = 0
+    for pad in [n for n in model.graph.node if n.op_type == "Pad"]:
+        conv = _only_consumer(ix, pad.output[0])
+        mode = next((a.s.decode() for a in pad.attribute if a.name == "mode"), "constant")
+        pads = ix.inits.get(pad.input[1]) if len(pad.input) > 1 else None
+        value = ix.inits.get(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros(1)
+        if conv is None or conv.op_type != "Conv" or conv.input[0] != pad.output[0] or mode != "constant" or \
+                pads is None or pads.size != 8 or value is None or np.any(value) or len(pad.input) > 3 or \
+                np.any(pads[[0, 1, 4, 5]]) or np.any(pads < 0):
+            continue
+        attrs = {a.name: a for a in conv.attribute}
+        if "auto_pad" in attrs and attrs["auto_pad"].s not in (b"", b"NOTSET"):
+            continue
+        old = list(attrs["pads"].ints) if "pads" in attrs else [0, 0, 0, 0]
+        new = [old[0] + int(pads[2]), old[1] + int(pads[3]), old[2] + int(pads[6]), old[3] + int(pads[7])]
+        if "pads" in attrs:
+            conv.attribute.remove(attrs["pads"])
+        conv.attribute.append(onnx.helper.make_attribute("pads", new))
+        _bypass(ix, pad)
+        done += 1
+    drop_unused(model)
+    return model, done
+
+
 def fold_scales(model) -> tuple[object, int]:
     """Per-channel constant Muls folded into neighbouring weights (module doc); returns the count."""
     ix = _Index(model)
@@ -407,7 +440,7 @@ def drop_unused(model) -> None:
     model.graph.value_info.extend(keep_vi)
 
 
-REWRITES = ("tensordot_folded", "layernorm", "scales_folded", "gelu_div", "l2_norm")
+REWRITES = ("tensordot_folded", "pads_into_conv", "layernorm", "scales_folded", "gelu_div", "l2_norm")
 
 
 def optimize(model, skip: tuple[str, ...] = ()) -> tuple[object, dict]:
@@ -418,7 +451,7 @@ def optimize(model, skip: tuple[str, ...] = ()) -> tuple[object, dict]:
     original = onnx.ModelProto()
     original.CopyFrom(model)
     counts = {}
-    rewrites = (fold_tensordot, fuse_layernorm, fold_scales, gelu_div_form, l2_norm_form)
+    rewrites = (fold_tensordot, pad_into_conv, fuse_layernorm, fold_scales, gelu_div_form, l2_norm_form)
     for name, rewrite in zip(REWRITES, rewrites, strict=True):
         model, counts[name] = (model, 0) if name in skip else rewrite(model)
     if not any(counts.values()):
