@@ -235,10 +235,11 @@ def _adapted(inner, shape: list[int | None], layout: str, pre: Preprocessing, ba
     return convert_variables_to_constants_v2(serve.get_concrete_function())
 
 
-def _layout(graph_def, input_tensor: str, by_shape: str) -> tuple[str, str]:
-    """The input layout the graph really reads (`structure.input_layout`), else the one its shape suggests."""
+def _layout(graph_def, input_tensor: str, shape: list[int | None], by_shape: str) -> tuple[str, str]:
+    """The input layout the graph really reads (`structure.input_layout`), else the one its shape suggests
+    (also when the two disagree on where the 3 channels are: the shape is the signature's promise)."""
     found = input_layout(graph_def.node, _node_name(input_tensor))
-    if found is None or found not in LAYOUTS:
+    if found is None or found not in LAYOUTS or shape[found.index("C")] != 3:
         return by_shape, "from the input's shape (no path to the first convolution found)"
     if found != by_shape:
         log.info("input layout %s read from the graph (its shape suggests %s)", found, by_shape)
@@ -301,7 +302,7 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
     gd, folds = fold_shape_math(frozen.graph.as_graph_def(), frozen.inputs[0].name, in_shape,
                                 [_node_name(out_tensor)])
     gd, n_gelu = canonicalize_gelu(gd, [_node_name(out_tensor)])
-    layout, layout_origin = _layout(gd, frozen.inputs[0].name, layout)
+    layout, layout_origin = _layout(gd, frozen.inputs[0].name, in_shape, layout)
     out_shape = sig.structured_outputs[out_key].shape.as_list()
     img_size = in_shape[1 + layout[1:].index("H")]
     out_dim = out_shape[-1] if out_shape and out_shape[-1] else None
