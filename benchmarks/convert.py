@@ -45,6 +45,9 @@ def main() -> None:
     ap.add_argument("--models", default="xcit_nano_12_p16_224,xcit_tiny_24_p16_224")
     ap.add_argument("--targets", default="all")
     args = ap.parse_args()
+    from xcit_edge.bench import machine_line
+
+    print(machine_line(), flush=True)
     cli = [sys.executable, "-m", "xcit_edge.cli", "--quiet"]
     from xcit_edge.convert import ConvertOptions, calibration_limit
     from xcit_edge.memory import estimate, tree_bytes

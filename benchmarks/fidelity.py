@@ -29,6 +29,9 @@ DEFAULT = ["xcit_nano_12_p16_224", "xcit_tiny_12_p16_224", "xcit_nano_12_p8_224"
 
 
 def main(names: list[str]) -> None:
+    from xcit_edge.bench import machine_line
+
+    print(machine_line(), flush=True)
     print(f"{'architecture':26} {'logits rel err':>15} {'features rel err':>17}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:

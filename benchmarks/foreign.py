@@ -153,6 +153,9 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated source names")
     ap.add_argument("--json", type=Path, help="write the rows here too")
     args = ap.parse_args()
+    from xcit_edge.bench import machine_line
+
+    print(machine_line(), flush=True)
     with tempfile.TemporaryDirectory(prefix="foreign-bench-") as tmp:
         work = Path(tmp)
         sources = [("keras-fixture", _keras("fixture", False, work), "fixture", False),

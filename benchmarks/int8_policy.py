@@ -67,6 +67,9 @@ def main() -> None:
     ap.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset of the policy names")
     ap.add_argument("--fuse", default="on", choices=["on", "off", "both"], help="XCA fusion of the graph")
     args = ap.parse_args()
+    from xcit_edge.bench import machine_line
+
+    print(machine_line(), flush=True)
     import_tensorflow_quietly()
     from xcit_edge.build import build
     from xcit_edge.calibration import normalize

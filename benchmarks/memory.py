@@ -23,6 +23,9 @@ def main() -> None:
     ap.add_argument("--model", default="xcit_nano_12_p16_224")
     ap.add_argument("--images", default="100,400")
     args = ap.parse_args()
+    from xcit_edge.bench import machine_line
+
+    print(machine_line(), flush=True)
     from xcit_edge.memory import IMAGE_FACTOR, REFERENCE_IMAGE_FACTOR, estimate, tree_bytes
     from xcit_edge.synthetic import make_images
     from xcit_edge.zoo import get_config

@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=224)
     args = ap.parse_args()
+    from xcit_edge.bench import machine_line
+
+    print(machine_line(), flush=True)
     for path in args.models:
         total, rows = profile(path, args.runs, args.threads, args.size)
         print(f"{path}: {total:.0f} us kernel time per run")

@@ -40,7 +40,15 @@ with contextlib.suppress(ImportError):  # torch before TensorFlow (import-order 
     import timm  # noqa: F401
     import torch
 
-from xcit_edge.bench import BenchOptions, Candidate, artifact_candidate, bench_candidates, machine_info, table_rows
+from xcit_edge.bench import (
+    BenchOptions,
+    Candidate,
+    artifact_candidate,
+    bench_candidates,
+    machine_info,
+    machine_line,
+    table_rows,
+)
 from xcit_edge.report import text_table
 
 SHIPPING = ("tflite-int8", "tflite-fp16", "onnx", "openvino")
@@ -372,6 +380,7 @@ def main() -> None:
     ap.add_argument("--no-variants", dest="variants", action="store_false")
     ap.add_argument("--json", type=Path, help="Also write the results here.")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from xcit_edge.tfimport import import_tensorflow_quietly
 

@@ -29,6 +29,9 @@ def main() -> None:
     ap.add_argument("--model", default="xcit_small_12_p16_224")
     ap.add_argument("--whole", action="store_true", help="one prepare() call: its peak")
     args = ap.parse_args()
+    from xcit_edge.bench import machine_line
+
+    print(machine_line(), flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
     sm = tmp / "model"
     subprocess.run([sys.executable, "-m", "xcit_edge.cli", "--quiet", "build", args.model, "--out", str(sm)],

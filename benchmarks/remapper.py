@@ -39,6 +39,9 @@ print(f"{{cosine(g.run(g.model_input(x)), ref).min():.12f}}")
 
 
 def main(size: int) -> None:
+    from xcit_edge.bench import machine_line
+
+    print(machine_line(), flush=True)
     import conftest  # noqa: F401 - torch/timm before TensorFlow
     import numpy as np
     from conftest import FIXTURE_WEIGHTS, onnx2tf_saved_model

@@ -55,6 +55,9 @@ def sabotage(work: Path) -> dict[str, Path]:
 
 
 def main(work: Path) -> None:
+    from xcit_edge.bench import machine_line
+
+    print(machine_line(), flush=True)
     from xcit_edge.synthetic import make_images
 
     for name, n, seed in (("calib", 200, 10), ("held", 300, 11)):

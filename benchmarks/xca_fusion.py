@@ -175,6 +175,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=30)
     args = ap.parse_args()
+    from xcit_edge.bench import machine_line
+
+    print(machine_line(), flush=True)
     import_tensorflow_quietly()
     for name in args.models.split(","):
         bench_model(name, [int(b) for b in args.batches.split(",")], args.threads, args.reps)

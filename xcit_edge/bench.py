@@ -114,8 +114,35 @@ def machine_info() -> dict:
             versions[name] = version(dist)
         except PackageNotFoundError:
             versions[name] = None
-    return {"platform": platform.platform(), "processor": _cpu_model(), "usable_cores": usable_cores(),
-            "python": platform.python_version(), "versions": versions}
+    return {"platform": platform.platform(), "processor": _cpu_model(), "isa": isa_flags(),
+            "usable_cores": usable_cores(), "python": platform.python_version(), "versions": versions}
+
+
+# The vector extensions the runtimes' kernels choose between (XNNPACK, oneDNN, MLAS): one machine with
+# AVX-512 VNNI and one with AVX2 alone ran the same int8 file differently, so every figure names them.
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
+             "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
+             "asimd", "asimddp", "sve", "i8mm", "bf16")
+
+
+def isa_flags() -> list[str]:
+    """The ISA_FLAGS this CPU reports in /proc/cpuinfo (x86 `flags`, Arm `Features`); [] elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            have = set(line.split(":", 1)[1].split())
+            return [f for f in ISA_FLAGS if f in have]
+    return []
+
+
+def machine_line(m: dict | None = None) -> str:
+    """One line every benchmark prints first: figures are comparable only within one machine's run."""
+    m = m or machine_info()
+    isa = " ".join(m["isa"]) or "ISA flags unknown"
+    return f"{m['processor']} ({isa}), {m['usable_cores']} usable cores, {m['platform']}"
 
 
 def _cpu_model() -> str:

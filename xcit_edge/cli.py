@@ -444,7 +444,7 @@ def _counts(value: str | None, what: str) -> tuple[int, ...] | None:
 def bench(ctx, artifacts, batches, threads, iterations, warmup, turn, no_memory, as_json):
     """Latency (median, p90), throughput, peak memory and size of ARTIFACTS, each in its own runtime;
     ratios to the first."""
-    from xcit_edge.bench import BenchOptions, table_rows
+    from xcit_edge.bench import BenchOptions, machine_line, table_rows
     from xcit_edge.bench import bench as run_bench
     from xcit_edge.report import text_table
 
@@ -458,8 +458,7 @@ def bench(ctx, artifacts, batches, threads, iterations, warmup, turn, no_memory,
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
-    m = result.machine
-    click.echo(f"{m['processor']}, {m['usable_cores']} usable cores; median of {iterations} calls after {warmup} "
+    click.echo(f"{machine_line(result.machine)}; median of {iterations} calls after {warmup} "
                f"warm-up, artifacts taking turns of {turn}")
     for line in text_table(*table_rows(result.timings)):
         click.echo(line)

@@ -16,6 +16,7 @@ import logging
 import numpy as np
 
 from xcit_edge.calibration import CalibrationSet
+from xcit_edge.graph.shapefold import topological
 from xcit_edge.graph.xca import block_exits, run_graph
 from xcit_edge.metrics import cosine
 from xcit_edge.preprocessing import Preprocessing
@@ -25,30 +26,10 @@ log = logging.getLogger(__name__)
 PROBE_IMAGES = 8
 
 
-def _topological(graph_def) -> list:
-    """GraphDef nodes in an order where every node comes after its inputs."""
-    nodes = {n.name: n for n in graph_def.node}
-    done: set[str] = set()
-    order = []
-    for root in nodes:
-        stack = [(root, False)]
-        while stack:
-            name, expanded = stack.pop()
-            if name in done or name not in nodes:
-                continue
-            if expanded:
-                done.add(name)
-                order.append(nodes[name])
-                continue
-            stack.append((name, True))
-            stack.extend((i.lstrip("^").split(":")[0], False) for i in nodes[name].input)
-    return order
-
-
 def source_block_outputs(graph, x: np.ndarray) -> dict[int, np.ndarray]:
     """The output of every fused block in the prepared (fused) source graph, for inputs `x`."""
     ops = [(n.name, n.op, [i.split(":")[0] for i in n.input if not i.startswith("^")], [n.name])
-           for n in _topological(graph.graph_def)]
+           for n in topological(graph.graph_def)]
     exits = block_exits(ops)  # node names: a block ends in a single-output op (its merge-heads reshape)
     if not exits:
         return {}

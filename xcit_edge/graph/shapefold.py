@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xcit_edge.graph.canonicalize import _base
+
 log = logging.getLogger(__name__)
 
 SHAPE_OPS = {"Shape", "Size", "Rank", "ShapeN"}
@@ -52,10 +54,6 @@ class FoldReport:
     @property
     def folded(self) -> int:
         return self.const + self.reshape + self.linear + self.tiled
-
-
-def _base(name: str) -> str:
-    return name.lstrip("^").split(":")[0]
 
 
 def _tensor(name: str) -> str:

@@ -115,10 +115,6 @@ class FusionReport:
     max_rel_err: float = 0.0  # whole-graph output, fused vs original, on the probe input
 
 
-def _const_array(g: _Graph, name: str) -> np.ndarray | None:
-    return g.const_array(name)
-
-
 def _data_inputs(node) -> list[str]:
     return [_base(i) for i in node.input if not i.startswith("^")]
 
@@ -187,7 +183,7 @@ def _logits_source(g: _Graph, softmax) -> tuple[str | None, np.ndarray]:
             continue
         if node.op in ("Mul", "RealDiv", "Div"):
             a, b = _data_inputs(node)[:2]
-            ca, cb = _const_array(g, a), _const_array(g, b)
+            ca, cb = g.const_array(a), g.const_array(b)
             if cb is not None:
                 scale = scale * (cb.astype(np.float64).reshape(-1) if node.op == "Mul" else 1.0 / cb.reshape(-1))
                 name = a
