@@ -56,6 +56,14 @@ VERSIONS = {"onnx-tf": "onnx-tf 1.10.0 (tensorflow-cpu 2.15.1, onnx 1.14.1)",
             "onnx2tf-1": "onnx2tf 1.29.24 (tensorflow 2.21)", "onnx2tf-2": "onnx2tf 2.6.9 (tensorflow 2.21)"}
 
 
+def _runnable(python: str) -> str | None:
+    """`python`'s path if it starts (a pyenv shim of a version not selected is on PATH but exits 127)."""
+    path = shutil.which(python) or (python if Path(python).is_file() else None)
+    if path and subprocess.run([path, "-c", "pass"], capture_output=True).returncode == 0:
+        return path
+    return None
+
+
 def venv_python(tool: str) -> str:
     """The interpreter of `tool`'s virtual env, created and installed on first use."""
     if tool == "onnx2tf-1":
@@ -66,11 +74,11 @@ def venv_python(tool: str) -> str:
     stamp = root / "installed.json"
     if py.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == spec["packages"]:
         return str(py)
-    base = next((p for p in spec["python"] if shutil.which(p) or Path(p).is_file()), None)
+    base = next((p for p in map(_runnable, spec["python"]) if p), None)
     if base is None:
         sys.exit(f"error: {tool} needs one of {', '.join(spec['python'])}")
-    print(f"creating {root} ({' '.join(spec['packages'])})", file=sys.stderr)
-    subprocess.run([shutil.which(base) or base, "-m", "venv", "--clear", str(root)], check=True)
+    print(f"creating {root} with {base} ({' '.join(spec['packages'])})", file=sys.stderr)
+    subprocess.run([base, "-m", "venv", "--clear", str(root)], check=True)
     subprocess.run([str(py), "-m", "pip", "install", "--quiet", *spec["packages"]], check=True)
     stamp.write_text(json.dumps(spec["packages"]))
     return str(py)

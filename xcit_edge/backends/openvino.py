@@ -51,12 +51,19 @@ def to_openvino(graph, batch: int | None = None):
     return model
 
 
-def _nncf_quantize(model, calib: np.ndarray, spec):
+def _ignored_scope(spec) -> dict:
+    """nncf's `ignored_scope` for the spec's keep_float op types. validate=False: a type the IR does not
+    have is no error (ScaledDotProductAttention exists only where OpenVINO fused the attention)."""
     import nncf
 
     keep = list(spec.quantization.get("keep_float", []))
-    ignored = nncf.IgnoredScope(types=keep) if keep else None
-    kwargs = {"ignored_scope": ignored} if ignored else {}
+    return {"ignored_scope": nncf.IgnoredScope(types=keep, validate=False)} if keep else {}
+
+
+def _nncf_quantize(model, calib: np.ndarray, spec):
+    import nncf
+
+    kwargs = _ignored_scope(spec)
     # NNCF draws its own progress bars on stdout, which belongs to --json: keep them off it.
     with contextlib.redirect_stdout(io.StringIO()) as captured:
         quantized = nncf.quantize(model, nncf.Dataset(list(calib[:, None])), model_type=nncf.ModelType.TRANSFORMER,
@@ -98,12 +105,11 @@ def convert_within_drop(graph, spec, calib: np.ndarray, targets: np.ndarray, max
     import nncf
 
     model = to_openvino(graph, batch=1)
-    keep = list(spec.quantization.get("keep_float", []))
 
     def top1(compiled, items) -> float:
         return float(np.mean([int(np.argmax(compiled(x)[0]) == t) for x, t in items]))
 
-    kwargs = {"ignored_scope": nncf.IgnoredScope(types=keep)} if keep else {}
+    kwargs = _ignored_scope(spec)
     data = list(calib[:, None])
     with contextlib.redirect_stdout(io.StringIO()) as captured:
         quantized = nncf.quantize_with_accuracy_control(

@@ -229,7 +229,7 @@ def fold_shape_math(graph_def, input_tensor: str, input_shape: list[int | None],
     from tensorflow.core.framework import graph_pb2
     from tensorflow.python.framework import graph_util
 
-    from xcit_edge.graph.xca import run_graph
+    from xcit_edge.graph.xca import run_graph_inputs
 
     input_node = _base(input_tensor)
     frontier = _frontier(graph_def, classify(graph_def, input_node))
@@ -238,10 +238,8 @@ def fold_shape_math(graph_def, input_tensor: str, input_shape: list[int | None],
         return graph_def, report
     batches = _BATCHES if input_shape[0] is None else (input_shape[0],)
     names = sorted(frontier)
-    runs = []
-    for b in batches:
-        x = np.zeros([b, *input_shape[1:]], np.float32)
-        runs.append(run_graph(graph_def, input_tensor, x, names))
+    runs = run_graph_inputs(graph_def, input_tensor, [np.zeros([b, *input_shape[1:]], np.float32) for b in batches],
+                            names)
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
     by_name = {n.name: n for n in out.node}
