@@ -16,4 +16,7 @@ if ! command -v chromium >/dev/null 2>&1; then
         || echo "note: could not install chromium; the HTML report test will be skipped" >&2
 fi
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -q "$@"
+# Two workers (XCIT_EDGE_TEST_WORKERS; 0 runs in this process): most of a conversion is single-threaded
+# Python (tf2onnx's optimizers, graph rewriting), so two processes share 2 cores well (issue 16: 23 min
+# of pytest in one process, about 13 on two).
+.venv/bin/python -m pytest -q -n "${XCIT_EDGE_TEST_WORKERS:-2}" --dist worksteal "$@"

@@ -61,6 +61,21 @@ def test_inspect_foreign_nchw_identifies_variant(foreign_nchw):
     assert list(info.preprocessing["size"]) == [224, 224] and "assumed" in info.preprocessing_origin
 
 
+def test_layout_is_read_from_the_signature_whatever_the_library_order(foreign_nchw):
+    """The serving function transposes NCHW to NHWC and calls the model's function, which takes NHWC:
+    the layout is what the signature's input reaches, not what the first function found takes (that
+    answer changed with the order TensorFlow named the functions in: seen under pytest-xdist)."""
+    from xcit_edge.graph.structure import function_input_layout
+    from xcit_edge.inspection import read_saved_model_proto
+
+    mg = read_saved_model_proto(foreign_nchw).meta_graphs[0]
+    functions = list(mg.graph_def.library.function)
+    for order in (functions, functions[::-1]):
+        del mg.graph_def.library.function[:]
+        mg.graph_def.library.function.extend(order)
+        assert function_input_layout(mg, "serving_default") == "NCHW"
+
+
 def test_corrupt_saved_model_is_one_line(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -170,7 +170,7 @@ def inspect_model(path: Path) -> ModelInfo:
     if not meta:
         from xcit_edge.graph.structure import function_input_layout
 
-        layout = function_input_layout(mg) or layout
+        layout = function_input_layout(mg, main.key) or layout
     pre, pre_origin = preprocessing_of(path, img_size or 224)
     return ModelInfo(Path(path), sigs, layout, params, params_origin, variant, variant_origin,
                      pre.to_dict(), pre_origin, graph_ops(mg), structure.to_dict())

@@ -177,14 +177,16 @@ _AXIS_KEEPING = {"Identity", "Snapshot", "Pad", "PadV2", "MirrorPad", "Sub", "Mu
                  "Maximum", "Minimum", "Cast"}
 
 
-def input_layout(nodes: Iterable, input_node: str) -> str | None:
+def input_layout(nodes: Iterable, input_node: str, library: dict | None = None, _depth: int = 0,
+                 _axes: list[int] | None = None) -> str | None:
     """What each axis of the image input holds ("NHWC", "NCHW", "NWHC", ...), read from the path to the
     first convolution: the transposes on the way are composed and the convolution's data format names
     the axes it sees. None when no such path is found (then the input's shape decides).
 
     The TF Hub collection's recipe feeds `model(torch.transpose(x, 1, 3))`: its NHWC-looking input is
     really (N, W, H, C), which only the structure shows for a square image. `nodes` may be a GraphDef's
-    or a FunctionDef's (whose inputs name the function's arguments and `node:output:i` tensors).
+    or a FunctionDef's (whose inputs name the function's arguments and `node:output:i` tensors); with
+    `library` (function name -> FunctionDef) the path is followed into the functions it calls.
     """
     from tensorflow.python.framework import tensor_util
 
@@ -194,7 +196,7 @@ def input_layout(nodes: Iterable, input_node: str) -> str | None:
         for i in n.input:
             if not i.startswith("^"):
                 consumers.setdefault(i.split(":")[0], []).append(n)
-    frontier = [(input_node, [0, 1, 2, 3])]  # axes[i]: which input axis position i of the tensor holds
+    frontier = [(input_node, _axes or [0, 1, 2, 3])]  # axes[i]: which input axis position i of the tensor holds
     for _ in range(16):
         nxt = []
         for name, axes in frontier:
@@ -211,17 +213,30 @@ def input_layout(nodes: Iterable, input_node: str) -> str | None:
                         nxt.append((node.name, [axes[p] for p in perm]))
                 elif node.op in _AXIS_KEEPING:
                     nxt.append((node.name, axes))
+                elif (found := _into_call(node, name, axes, library, _depth)) is not None:
+                    return found
         frontier = nxt
     return None
 
 
-def function_input_layout(meta_graph) -> str | None:
-    """`input_layout` read from the protobuf of a SavedModel: the first function argument that reaches a
-    convolution's data input through layout ops (nothing is loaded)."""
-    for fn in meta_graph.graph_def.library.function:
-        if not any(n.op == "Conv2D" for n in fn.node_def):
-            continue
-        for arg in fn.signature.input_arg:
-            if (found := input_layout(fn.node_def, arg.name)) is not None:
+def _into_call(node, name: str, axes: list[int], library: dict | None, depth: int) -> str | None:
+    """`input_layout` continued inside the function a call node runs, from the argument `name` feeds."""
+    fn = library.get(node.attr["f"].func.name) if library and "f" in node.attr and depth < 8 else None
+    if fn is None:
+        return None
+    data = [i.split(":")[0] for i in node.input if not i.startswith("^")]
+    for k, src in enumerate(data):
+        if src == name and k < len(fn.signature.input_arg):
+            found = input_layout(fn.node_def, fn.signature.input_arg[k].name, library, depth + 1, axes)
+            if found is not None:
                 return found
     return None
+
+
+def function_input_layout(meta_graph, signature_key: str) -> str | None:
+    """`input_layout` read from the protobuf of a SavedModel: from the signature's image input through the
+    functions it calls to the first convolution (nothing is loaded)."""
+    library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+    sig = meta_graph.signature_def[signature_key]
+    inputs = [t.name.split(":")[0] for t in sig.inputs.values()]
+    return input_layout(meta_graph.graph_def.node, inputs[0], library) if len(inputs) == 1 else None
