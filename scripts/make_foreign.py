@@ -95,7 +95,10 @@ def timm_model(model: str, features: bool):
     from xcit_edge.zoo import FIXTURE
 
     if model == "nano":
-        return seeded_timm_model("xcit_nano_12_p16_224", seed=5, num_classes=0 if features else 1000), 224
+        net = seeded_timm_model("xcit_nano_12_p16_224", seed=5)
+        if features:  # the same network less its head (num_classes=0 at creation would draw other weights)
+            net.reset_classifier(0)
+        return net, 224
     c = FIXTURE
     net = Xcit(img_size=c.img_size, patch_size=c.patch_size, embed_dim=c.embed_dim, depth=c.depth,
                num_heads=c.num_heads, num_classes=0 if features else c.num_classes, eta=c.eta,
