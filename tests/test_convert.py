@@ -334,3 +334,30 @@ def test_a_failing_target_does_not_stop_the_others(fixture_dir, tmp_path, monkey
     by_target = {a["target"]: a for a in json.loads(res.stdout)["artifacts"]}
     assert "simulated" in by_target["onnx"]["error"] and not (tmp_path / "o" / "onnx").exists()
     assert (tmp_path / "o" / "tflite-fp16" / "manifest.json").is_file()
+
+
+def test_nncf_writes_nothing_on_stdout(capfd):
+    """`--json` owns stdout. NNCF logs INFO lines ("2 ignored nodes were found by types", since
+    openvino-int8 keeps ScaledDotProductAttention float) through a StreamHandler on the sys.stdout it
+    found when imported; that handler is installed here the same way, on the stdout being captured."""
+    import logging
+    import sys
+
+    import nncf  # noqa: F401 - its own handler too
+
+    from xcit_edge.backends.openvino import nncf_off_stdout
+
+    logger = logging.getLogger("nncf")
+    handler = logging.StreamHandler(sys.stdout)
+    logger.addHandler(handler)
+    try:
+        with nncf_off_stdout():
+            logger.info("2 ignored nodes were found by types in the NNCFGraph")
+            logger.warning("NNCF warnings too")
+            print("a progress bar")
+        captured = capfd.readouterr()
+        restored = handler in logger.handlers and logger.propagate is False  # NNCF's own setup is back
+    finally:
+        logger.removeHandler(handler)
+    assert captured.out == ""
+    assert restored

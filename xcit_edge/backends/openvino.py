@@ -64,12 +64,27 @@ def _nncf_quantize(model, calib: np.ndarray, spec):
     import nncf
 
     kwargs = _ignored_scope(spec)
-    # NNCF draws its own progress bars on stdout, which belongs to --json: keep them off it.
-    with contextlib.redirect_stdout(io.StringIO()) as captured:
-        quantized = nncf.quantize(model, nncf.Dataset(list(calib[:, None])), model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=len(calib), **kwargs)
-    log.debug("nncf: %s", captured.getvalue())
-    return quantized
+    with nncf_off_stdout():
+        return nncf.quantize(model, nncf.Dataset(list(calib[:, None])), model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=len(calib), **kwargs)
+
+
+@contextlib.contextmanager
+def nncf_off_stdout():
+    """Keep NNCF off stdout, which belongs to `--json`: its progress bars go to the debug log, and its log
+    records (INFO lines such as "2 ignored nodes were found") through this process's logging (stderr; its
+    INFO lines with -vv) instead of the handler NNCF puts, at INFO, on the sys.stdout it found when imported."""
+    logger = logging.getLogger("nncf")
+    saved = logger.handlers[:], logger.propagate, logger.level
+    logger.handlers, logger.propagate = [], True
+    logger.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as captured:
+            yield
+    finally:
+        logger.handlers, logger.propagate = saved[0], saved[1]
+        logger.setLevel(saved[2])
+        log.debug("nncf: %s", captured.getvalue())
 
 
 def float_compute_ops(model) -> list[str]:
@@ -111,12 +126,11 @@ def convert_within_drop(graph, spec, calib: np.ndarray, targets: np.ndarray, max
 
     kwargs = _ignored_scope(spec)
     data = list(calib[:, None])
-    with contextlib.redirect_stdout(io.StringIO()) as captured:
+    with nncf_off_stdout():
         quantized = nncf.quantize_with_accuracy_control(
             model, nncf.Dataset(data), nncf.Dataset(list(zip(data, targets, strict=True)), lambda item: item[0]),
             top1, max_drop=max_drop / 100.0, drop_type=nncf.DropType.ABSOLUTE, model_type=nncf.ModelType.TRANSFORMER,
             subset_size=len(calib), **kwargs)
-    log.debug("nncf: %s", captured.getvalue())
     return _save(quantized, spec, workdir)
 
 
