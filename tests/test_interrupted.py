@@ -64,7 +64,8 @@ def _start(fixture_dir, out: Path, calib_npz, targets: str) -> subprocess.Popen:
     return subprocess.Popen(_cli("-q", "convert", fixture_dir, "--target", targets, "--out", out,
                                  "--calibration", calib_npz, "--force"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            # a native crash prints the Python stacks (once seen: -11 after SIGTERM, stderr empty)
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONFAULTHANDLER": "1"})
 
 
 def _wait_for_temp(out: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
