@@ -221,3 +221,29 @@ def test_the_next_run_sweeps_what_a_killed_one_left(tmp_path):
         pass
     assert sorted(p.name for p in out.iterdir()) == [".keep-me", "onnx"]
     assert (out / "onnx" / "model.onnx").read_bytes() == b"old"
+
+
+_SIGNAL_DURING_IMPORT = """
+import pathlib, sys
+from xcit_edge.interrupt import guard, register
+tmp = pathlib.Path(sys.argv[1]); tmp.mkdir()
+mod = pathlib.Path(sys.argv[2]); mod.write_text(
+    "import os, signal, time\\nos.kill(os.getpid(), signal.SIGTERM)\\ntime.sleep(5)\\nprint('imported')\\n")
+sys.path.insert(0, str(mod.parent))
+with guard(grace=0.5):
+    register(tmp)
+    import slow_native_like_module
+print('not interrupted')
+"""
+
+
+def test_a_signal_during_an_import_is_left_to_the_watchdog(tmp_path):
+    """No exception is raised inside an import: one raised while a native extension initializes killed
+    the process (SIGSEGV, stderr empty: seen when SIGTERM arrived during `import onnx`). The watchdog
+    ends the process instead, with the signal's code, the one line, and the temps removed."""
+    tmp, mod = tmp_path / ".out.tmp-1", tmp_path / "slow_native_like_module.py"
+    res = subprocess.run([sys.executable, "-c", _SIGNAL_DURING_IMPORT, str(tmp), str(mod)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 128 + signal.SIGTERM, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in res.stderr
+    assert "imported" not in res.stdout and not tmp.exists()

@@ -1,6 +1,7 @@
 """Ctrl-C and SIGTERM: exit promptly and non-zero, leave no temp files, leave outputs as they were.
 
-Both signals raise `Interrupted` (a KeyboardInterrupt) in the main thread, so every `atomic_dir` /
+Both signals raise `Interrupted` (a KeyboardInterrupt) in the main thread (except during an import, see
+`_raise`), so every `atomic_dir` /
 `atomic_file` unwinds through its cleanup and the old output stays in place. Python runs signal
 handlers only between bytecodes, and a converter can sit in one C++ call for many seconds; so a
 watchdog thread also hears the signal (through `signal.set_wakeup_fd`, written by the C-level
@@ -58,7 +59,21 @@ def _remove_temps() -> None:
                 p.unlink()
 
 
+def _importing(frame) -> bool:
+    """Whether the main thread is inside an import (importlib's frozen frames are on its stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _raise(signum: int, frame) -> None:
+    # An exception raised while a native extension initializes kills the process (measured: SIGSEGV when
+    # SIGTERM arrived during `import onnx`, stderr empty). Inside an import the signal is left to the
+    # watchdog, which removes the temps and exits with the same code after the grace.
+    if _importing(frame):
+        return
     raise Interrupted(signum)
 
 
