@@ -247,3 +247,32 @@ def test_a_signal_during_an_import_is_left_to_the_watchdog(tmp_path):
     assert res.returncode == 128 + signal.SIGTERM, res.stderr
     assert res.stderr.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in res.stderr
     assert "imported" not in res.stdout and not tmp.exists()
+
+
+_SIGNAL_DURING_IMPORT_THEN_PUBLISH = """
+import pathlib, sys
+from xcit_edge.fsutil import atomic_dir
+from xcit_edge.interrupt import guard
+out, mod = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+mod.write_text("import os, signal\\nos.kill(os.getpid(), signal.SIGTERM)\\n")
+sys.path.insert(0, str(mod.parent))
+with guard(grace=30):
+    try:
+        with atomic_dir(out, force=True) as tmp:
+            import quick_signalling_module
+            (tmp / "f").write_text("new")
+    except KeyboardInterrupt as e:
+        print("interrupted", e.exit_code)
+"""
+
+
+def test_a_signal_recorded_during_an_import_stops_the_next_publish(tmp_path):
+    """The import finishes before the watchdog's grace: the recorded signal is raised before the new
+    output replaces the old one (once seen replacing an ONNX artifact within the grace)."""
+    out, mod = tmp_path / "out", tmp_path / "quick_signalling_module.py"
+    out.mkdir()
+    (out / "f").write_text("old")
+    res = subprocess.run([sys.executable, "-c", _SIGNAL_DURING_IMPORT_THEN_PUBLISH, str(out), str(mod)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == f"interrupted {128 + signal.SIGTERM}", res.stderr
+    assert (out / "f").read_text() == "old" and [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []

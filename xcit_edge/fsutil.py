@@ -84,6 +84,7 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         _sync_tree(tmp)
+        interrupt.check()
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -110,6 +111,7 @@ def atomic_file(out: Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp)
+        interrupt.check()
         tmp.replace(out)
     except BaseException:
         tmp.unlink(missing_ok=True)

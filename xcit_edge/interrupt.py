@@ -26,6 +26,7 @@ GRACE_SECONDS = 3.0
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _temps: dict[Path, None] = {}
 _temps_lock = threading.Lock()
+_pending: int | None = None  # a signal that arrived during an import (see `_raise`)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -70,11 +71,20 @@ def _importing(frame) -> bool:
 
 def _raise(signum: int, frame) -> None:
     # An exception raised while a native extension initializes kills the process (measured: SIGSEGV when
-    # SIGTERM arrived during `import onnx`, stderr empty). Inside an import the signal is left to the
-    # watchdog, which removes the temps and exits with the same code after the grace.
+    # SIGTERM arrived during `import onnx`, stderr empty). Inside an import the signal is only recorded:
+    # `check` raises it before anything is published, and the watchdog ends the process after the grace.
+    global _pending
     if _importing(frame):
+        _pending = signum
         return
     raise Interrupted(signum)
+
+
+def check() -> None:
+    """Raise `Interrupted` for a signal recorded during an import; called before an output is published
+    (`fsutil.atomic_dir` / `atomic_file`), so the old output stays."""
+    if _pending is not None:
+        raise Interrupted(_pending)
 
 
 def _watch(sock: socket.socket, stop: threading.Event, grace: float) -> None:
@@ -106,6 +116,8 @@ def guard(grace: float = GRACE_SECONDS) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _pending
+    _pending = None
     rsock, wsock = socket.socketpair()
     wsock.setblocking(False)
     old_handlers = {s: signal.signal(s, _raise) for s in _SIGNALS}
