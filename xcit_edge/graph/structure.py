@@ -139,13 +139,18 @@ def _name(st: Structure) -> tuple[str | None, str]:
     return None, f"output width {st.out_dim} is neither {classes} classes nor the {st.width} features"
 
 
+def _library(meta_graph) -> dict:
+    """The SavedModel's functions by name."""
+    return {f.signature.name: f for f in meta_graph.graph_def.library.function}
+
+
 def serving_nodes(meta_graph, signature_key: str, limit: int = 5_000_000) -> list:
     """The NodeDefs a signature runs, with every function it calls expanded once per call site.
 
     Read from the protobuf only (nothing is loaded). A function called twice contributes its nodes
     twice, as its ops run twice; `limit` bounds the expansion of a hostile call graph.
     """
-    library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+    library = _library(meta_graph)
     graph_nodes = {n.name: n for n in meta_graph.graph_def.node}
     sig = meta_graph.signature_def[signature_key]
     start = [graph_nodes[t.name.split(":")[0]] for t in sig.outputs.values() if t.name.split(":")[0] in graph_nodes]
@@ -236,7 +241,6 @@ def _into_call(node, name: str, axes: list[int], library: dict | None, depth: in
 def function_input_layout(meta_graph, signature_key: str) -> str | None:
     """`input_layout` read from the protobuf of a SavedModel: from the signature's image input through the
     functions it calls to the first convolution (nothing is loaded)."""
-    library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
     sig = meta_graph.signature_def[signature_key]
     inputs = [t.name.split(":")[0] for t in sig.inputs.values()]
-    return input_layout(meta_graph.graph_def.node, inputs[0], library) if len(inputs) == 1 else None
+    return input_layout(meta_graph.graph_def.node, inputs[0], _library(meta_graph)) if len(inputs) == 1 else None
