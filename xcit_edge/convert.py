@@ -91,7 +91,7 @@ class ArtifactResult:
 
 def calibration_limit(targets: list[TargetSpec], opts: ConvertOptions) -> int:
     wanted = max([int(t.quantization.get("calibration_images", DEFAULT_CALIBRATION_IMAGES)) for t in targets
-                  if t.quantized] or [CHECK_IMAGES])
+                  if t.calibrated] or [CHECK_IMAGES])
     if opts.reference is not None:  # the stored reference covers the decoded images: more than a quick check
         wanted = max(wanted, DEFAULT_CALIBRATION_IMAGES)
     return opts.calibration_images or wanted
@@ -103,7 +103,7 @@ def _calibration(graph: PreparedGraph, targets: list[TargetSpec], opts: ConvertO
     data = opts.calibration
     if data is None:
         data = "sample"
-        if any(t.quantized for t in targets):
+        if any(t.calibrated for t in targets):
             log.warning("no --calibration given: quantizing with the shipped synthetic sample; "
                         "give real images for a deployable int8 model")
     cb = (lambda d, n: progress("calibration", d, n)) if progress else None
@@ -194,7 +194,7 @@ def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, ca
             "xca": xca,
             "backend_details": conv.details,
             "calibration": {"source": cal.source, "images": len(calib_inputs), "digest": cal.digest,
-                            "skipped": len(cal.skipped)} if spec.quantized else None,
+                            "skipped": len(cal.skipped)} if spec.calibrated else None,
             "check": check,
         }
         write_manifest(tmp, manifest)

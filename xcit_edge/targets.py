@@ -17,10 +17,12 @@ from xcit_edge.resources import data_dir
 
 BACKEND_NAMES = ("tflite", "onnx", "openvino")
 QUANT_MODES = {
-    "tflite": ("none", "fp16-weights", "full-integer", "int16x8"),
-    "onnx": ("none", "qdq-static"),
+    "tflite": ("none", "fp16-weights", "full-integer", "int16x8", "aeq-static", "aeq-dynamic"),
+    "onnx": ("none", "qdq-static", "dynamic"),
     "openvino": ("none", "nncf"),
 }
+# integer modes whose activation ranges come from the runtime, per input: no calibration data needed
+DYNAMIC_MODES = ("aeq-dynamic", "dynamic")
 TOLERANCE_KEYS = ("min_cosine", "min_top1_agreement", "max_top1_drop", "min_nn_agreement")
 
 
@@ -42,7 +44,12 @@ class TargetSpec:
     @property
     def quantized(self) -> bool:
         """Integer-quantized (calibration data needed, checks are statistical)."""
-        return self.mode in ("full-integer", "int16x8", "qdq-static", "nncf")
+        return self.mode in ("full-integer", "int16x8", "qdq-static", "nncf", "aeq-static", *DYNAMIC_MODES)
+
+    @property
+    def calibrated(self) -> bool:
+        """Quantized with activation ranges measured on calibration images."""
+        return self.quantized and self.mode not in DYNAMIC_MODES
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -6,9 +6,15 @@ Fused XCA blocks (`graph/xca.py`) are packaged as `xcit_edge.XCA` function nodes
 (`onnx_xca.py`) unless the spec says `inline_functions` (`convert --inline-functions`).
 Quantized targets keep the blocks inlined: the quantizer has to see (and wrap) their ops.
 
-`qdq-static` targets are then quantized by ONNX Runtime's static QDQ quantizer (per-channel
-int8 weights, int8 activations) with the calibration images; op types listed in the spec's
-`keep_float` are excluded (`op_types_to_quantize` = all others).
+`dynamic` targets quantize the *optimized* float model (its LayerNormalization and GELU fusions and
+XCA function nodes kept) with ONNX Runtime's dynamic quantizer: int8 weights per channel on the op types
+in the spec's `ops` (MatMul by default), activations quantized per image at run time (no calibration);
+ONNX Runtime fuses each DynamicQuantizeLinear + MatMulInteger pair into one int8 kernel. `reduce_range`
+(7-bit weights) keeps the u8 x s8 products of CPUs without VNNI from saturating their 16-bit sums.
+
+`qdq-static` targets are quantized by ONNX Runtime's static QDQ quantizer (per-channel
+int8 weights, int8 activations) with the calibration images on the unoptimized graph; op types listed
+in the spec's `keep_float` are excluded (`op_types_to_quantize` = all others).
 """
 
 from __future__ import annotations
@@ -206,31 +212,83 @@ def _unwrap_float_ops(model, keep: set[str], keep_nodes: frozenset[str] | set[st
     return done
 
 
+def dynamic_settings(spec) -> dict:
+    """ONNX Runtime `quantize_dynamic` arguments of a `dynamic` spec (also recorded in the manifest)."""
+    q = spec.quantization
+    return {"op_types_to_quantize": list(q.get("ops", ["MatMul"])), "per_channel": bool(q.get("per_channel", True)),
+            "reduce_range": bool(q.get("reduce_range", True)), "weight_type": "QInt8",
+            "nodes_to_exclude": list(q.get("keep_nodes", []))}
+
+
+def _no_preprocessing_advice(record: logging.LogRecord) -> bool:
+    """ONNX Runtime's quantizer advises `quant_pre_process` on the root logger; the model given to it is
+    already the optimized one (pre-processing would only repeat shape inference and fusions)."""
+    return "pre-processing before quantization" not in record.getMessage()
+
+
+def _quantize_dynamic(src: Path, dst: Path, spec) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    settings = dynamic_settings(spec)
+    root = logging.getLogger()
+    root.addFilter(_no_preprocessing_advice)
+    try:
+        quantize_dynamic(str(src), str(dst), **{**settings, "weight_type": QuantType.QInt8})
+    finally:
+        root.removeFilter(_no_preprocessing_advice)
+    return {"library": "onnxruntime.quantization", "method": "quantize_dynamic", **settings}
+
+
+def unquantized_matmuls(model) -> list[str]:
+    """Op types (with counts) of the matrix products left in float: MatMul/Gemm/Conv outside XCA functions
+    (the activation x activation products inside XCA stay float by design)."""
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type in ("MatMul", "Gemm", "Conv"):
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return [f"{k} x{v}" for k, v in sorted(counts.items())]
+
+
+def _float_model(graph, spec, opset: int) -> tuple[object, str, dict]:
+    """The float ONNX model a float or dynamic target ships (optimized, XCA as function nodes unless inlined)."""
+    import onnx
+
+    model, form, details = to_onnx(graph, opset), "inlined", {}
+    if spec.options.get("optimize", False):
+        # optimize_skip: rewrites left out (benchmarks/peers.py measures each one off)
+        model, details["rewrites"] = optimized_onnx(graph, opset, tuple(spec.options.get("optimize_skip", ())))
+    if not spec.options.get("inline_functions"):
+        model, packaged = package_xca(model)
+        form = "function" if packaged else form
+        onnx.checker.check_model(model, full_check=True)
+    return model, form, details
+
+
 def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     import onnx
 
     opset = int(spec.options.get("opset", 17))
-    model = to_onnx(graph, opset)
     out = workdir / spec.file
     kept: list[str] = []
-    form = "inlined"
-    details: dict = {}
     if spec.mode == "qdq-static":
+        model, form, details = to_onnx(graph, opset), "inlined", {}
         fp32 = workdir / "fp32.onnx"
         onnx.save(model, str(fp32))
         _quantize_qdq(fp32, out, calib, spec)
         fp32.unlink()
         kept = float_nodes(onnx.load(str(out)))
     else:
-        if spec.options.get("optimize", False):
-            # optimize_skip: rewrites left out (benchmarks/peers.py measures each one off)
-            model, details["rewrites"] = optimized_onnx(graph, opset, tuple(spec.options.get("optimize_skip", ())))
-        if not spec.options.get("inline_functions"):
-            model, packaged = package_xca(model)
-            form = "function" if packaged else form
-            onnx.checker.check_model(model, full_check=True)
-        onnx.save(model, str(out))
+        model, form, details = _float_model(graph, spec, opset)
+        if spec.mode == "dynamic":
+            fp32 = workdir / "fp32.onnx"
+            onnx.save(model, str(fp32))
+            details["quantizer"] = _quantize_dynamic(fp32, out, spec)
+            fp32.unlink()
+        else:
+            onnx.save(model, str(out))
     saved = onnx.load(str(out))
+    if spec.mode == "dynamic":
+        kept = unquantized_matmuls(saved)
     ops = sorted({n.op_type for n in saved.graph.node})
     return Conversion([spec.file], kept, {"opset": opset, "ops": ops, "xca_blocks": count_xca(saved),
                                           "xca_form": form, **details})

@@ -27,7 +27,9 @@ OP_TYPE = "XCA"
 def count_xca(model) -> int:
     """Fused XCA blocks in a model: function nodes, or groups of inlined nodes named for a block."""
     calls = sum(1 for n in model.graph.node if n.op_type == OP_TYPE and n.domain == DOMAIN)
-    return calls + count_blocks(n.name for n in model.graph.node if n.op_type != OP_TYPE)
+    if calls:  # a quantizer names the nodes it inserts after a call's output tensor: not inlined blocks
+        return calls
+    return count_blocks(n.name for n in model.graph.node)
 
 
 def _body(model, nodes: list, inits: dict, temperature: str):

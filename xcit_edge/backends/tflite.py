@@ -8,25 +8,42 @@ arithmetic that XNNPACK refused to prepare: measured). Modes:
   (and layers in `keep_nodes`, chosen by `convert --max-drop` from `rank_nodes`) stay float
   through TFLite's selective quantization (the quantization debugger's `denylisted_ops` /
   `denylisted_nodes`, the documented way to skip ops);
-* `int16x8`: int16 activations, int8 weights (TFLite's 16x8 mode).
+* `int16x8`: int16 activations, int8 weights (TFLite's 16x8 mode);
+* `aeq-static`, `aeq-dynamic`: Google's LiteRT quantizer (`ai-edge-quantizer`) on the float model,
+  for the op types in the spec's `ops` (the rest stays float): static int8 (weights per channel,
+  activations per tensor from calibration ranges) or dynamic (int8 weights; XNNPACK quantizes
+  the activations per image, its qd8 kernels: no calibration). Layers in `keep_nodes` (tensor
+  names) get its `no_quantize` rule. The recipe it ran is recorded in the manifest.
 What really stayed float is read back from the converted model, not assumed.
+
+Every artifact carries a `serving_default` signature (input `input`, output `output`): LiteRT's
+signature runner and ai-edge-quantizer's calibrator address the model through it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
+import re
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from xcit_edge.backends import Conversion
-from xcit_edge.errors import ConversionError, XcitEdgeError
+from xcit_edge.errors import ConversionError, XcitEdgeError, first_line
 from xcit_edge.graph.xca import block_exits, count_blocks
 
 log = logging.getLogger(__name__)
+
+
+AEQ_MODES = ("aeq-static", "aeq-dynamic")
+SIGNATURE = "serving_default"
 
 
 def _dataset(calib: np.ndarray):
@@ -118,7 +135,92 @@ def op_types(model_path: Path) -> list[str]:
     return sorted({op["op_name"] for op in interp._get_ops_details()})
 
 
-def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
+def with_signature(data: bytes) -> bytes:
+    """The flatbuffer with one `serving_default` signature over its first subgraph's input and output
+    (`from_concrete_functions` writes none), every buffer inside the flatbuffer (ai-edge-quantizer
+    appends them after it, by offset, which a later rewrite of the flatbuffer would cut off)."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))  # buffers stored by offset read in
+    sub = model.subgraphs[0]
+    model.signatureDefs = [fb.SignatureDefT(inputs=[fb.TensorMapT("input", int(sub.inputs[0]))],
+                                            outputs=[fb.TensorMapT("output", int(sub.outputs[0]))],
+                                            signatureKey=SIGNATURE, subgraphIndex=0)]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _converted(conv, spec) -> bytes:
+    try:
+        return conv.convert()
+    except Exception as e:  # the converter raises ConverterError/RuntimeError/ValueError with MLIR dumps
+        raise ConversionError(f"TFLite conversion failed for {spec.name}: {first_line(e)}") from e
+
+
+def float_model(graph) -> bytes:
+    """The float32 TFLite model of the graph (batch 1, signature added), converted once per graph: the
+    input of ai-edge-quantizer's modes."""
+    key = ("tflite-float",)
+    if key not in graph.cache:
+        import tensorflow as tf
+
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([graph.fixed_batch(1)], None)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        graph.cache[key] = with_signature(_converted(conv, SimpleNamespace(name="float")))
+    return graph.cache[key]
+
+
+def _int_config(bits: int, symmetric: bool, granularity: str) -> dict:
+    return {"num_bits": bits, "symmetric": symmetric, "granularity": granularity, "dtype": "INT"}
+
+
+def aeq_recipe(spec) -> list[dict]:
+    """The ai-edge-quantizer recipe for the spec: one rule per op type in `ops`, then a `no_quantize` rule
+    per `keep_nodes` layer (later rules win in ai-edge-quantizer)."""
+    weights = _int_config(8, True, "CHANNELWISE")
+    config: dict = {"weight_tensor_config": weights, "compute_precision": "INTEGER", "explicit_dequantize": False,
+                    "skip_checks": False, "min_weight_elements": 0}
+    if spec.mode == "aeq-static":
+        config["activation_tensor_config"] = _int_config(8, False, "TENSORWISE")
+    rules = [{"regex": ".*", "operation": op, "algorithm_key": "min_max_uniform_quantize", "op_config": config}
+             for op in spec.quantization.get("ops", ["FULLY_CONNECTED", "CONV_2D"])]
+    rules += [{"regex": f"^{re.escape(name)}$", "operation": "*", "algorithm_key": "no_quantize"}
+              for name in spec.quantization.get("keep_nodes", [])]
+    return rules
+
+
+@contextlib.contextmanager
+def _progress_to_debug_log():
+    """ai-edge-quantizer draws tqdm bars on stderr (not switchable for calibration): captured, logged at debug."""
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        yield
+    if text := buf.getvalue().replace("\r", "\n").strip():
+        log.debug("ai-edge-quantizer: %s", text.splitlines()[-1])
+
+
+def _aeq_quantize(graph, spec, calib: np.ndarray | None) -> bytes:
+    from ai_edge_quantizer import quantizer
+
+    q = quantizer.Quantizer(float_model(graph))
+    q.load_quantization_recipe(aeq_recipe(spec))
+    try:
+        with _progress_to_debug_log():
+            result = None
+            if q.need_calibration:
+                if calib is None or not len(calib):
+                    raise XcitEdgeError(f"{spec.name} needs calibration data (--calibration)")
+                samples = [{"input": item[None].astype(np.float32)} for item in calib]
+                result = q.calibrate({SIGNATURE: samples}, num_threads=os.cpu_count() or 1)
+            quantized = q.quantize(result, enable_progress_bar=False, enable_progress_report=False).quantized_model
+    except (XcitEdgeError, MemoryError):
+        raise
+    except Exception as e:  # ai-edge-quantizer raises ValueError/RuntimeError on models it cannot take
+        raise ConversionError(f"{spec.name}: ai-edge-quantizer failed ({type(e).__name__}: {first_line(e)})") from e
+    return with_signature(bytes(quantized))
+
+
+def _converter_quantize(graph, spec, calib: np.ndarray | None) -> bytes:
     conv = _converter(graph, spec, calib)
     keep = list(spec.quantization.get("keep_float", []))
     keep_nodes = list(spec.quantization.get("keep_nodes", []))  # convert --max-drop's choice of layers
@@ -127,12 +229,17 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
         # type: it would silently give int8 activations (TF 2.21, debugger.py `_get_quantized_model`).
         raise ConversionError(f"{spec.name}: TFLite's selective quantization is int8-only; int16x8 cannot "
                               "keep ops or layers in float (drop keep_float / --max-drop)")
+    if not ((keep or keep_nodes) and spec.quantized):
+        return with_signature(_converted(conv, spec))
     try:
-        selective = (keep or keep_nodes) and spec.quantized
-        data = _quantize_selectively(conv, calib, keep, keep_nodes) if selective else conv.convert()
-    except Exception as e:  # the converter raises ConverterError/RuntimeError/ValueError with MLIR dumps
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(f"TFLite conversion failed for {spec.name}: {first[:300]}") from e
+        return with_signature(_quantize_selectively(conv, calib, keep, keep_nodes))
+    except Exception as e:
+        raise ConversionError(f"TFLite conversion failed for {spec.name}: {first_line(e)}") from e
+
+
+def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
+    aeq = spec.mode in AEQ_MODES
+    data = _aeq_quantize(graph, spec, calib) if aeq else _converter_quantize(graph, spec, calib)
     out = workdir / spec.file
     out.write_bytes(data)
     ops = op_types(out)
@@ -144,7 +251,10 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     if not xnnpack:
         log.warning("%s: LiteRT's default XNNPACK delegate cannot prepare this model; it runs on the "
                     "builtin kernels (slower)", spec.name)
-    return Conversion([spec.file], kept, {"ops": ops, "xnnpack": xnnpack, "xca_blocks": xca_blocks(out)})
+    details = {"ops": ops, "xnnpack": xnnpack, "xca_blocks": xca_blocks(out)}
+    if aeq:
+        details["quantizer"] = {"library": "ai-edge-quantizer", "recipe": aeq_recipe(spec)}
+    return Conversion([spec.file], kept, details)
 
 
 def xca_blocks(model_path: Path) -> int:
