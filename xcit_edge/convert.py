@@ -31,6 +31,7 @@ from xcit_edge.metrics import agreement, failures
 from xcit_edge.precision import DropCheck, convert_within_drop
 from xcit_edge.preprocessing import Preprocessing
 from xcit_edge.reference import REFERENCE_FILE, ReferenceOptions, run_reference
+from xcit_edge.smoke import smoke
 from xcit_edge.source import resolve
 from xcit_edge.targets import TargetSpec
 
@@ -124,6 +125,21 @@ def _check(spec: TargetSpec, mod, workdir: Path, conv_files: list[str], inputs: 
     return res
 
 
+def _run_with_defaults(spec: TargetSpec, path: Path) -> dict:
+    """The artifact loaded and run once with its runtime's default options in a child process (what an
+    app does; `smoke.py`): a runtime that errors or aborts on it fails the target, nothing is written."""
+    res = smoke(spec.backend, path)
+    if not res.ok:
+        raise ArtifactCheckError(f"{spec.name}: {spec.backend}'s runtime with default options cannot run the "
+                                 f"artifact ({res.why})")
+    details = res.details or {}
+    if details.get("builtin_nodes"):
+        log.info("%s: XNNPACK takes the model in %d partitions; %d of %d nodes run on the builtin kernels (%s)",
+                 spec.name, details["xnnpack_partitions"], details["builtin_nodes"], details["nodes"],
+                 ", ".join(details["builtin_ops"]))
+    return details
+
+
 def _write_labels(workdir: Path, labels: list[str] | None) -> list[str]:
     if not labels:
         return []
@@ -156,6 +172,7 @@ def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, ca
             seconds = time.perf_counter() - t0
             extra = _write_labels(tmp, graph.labels)
             meta = _tflite_metadata(tmp, spec, graph, opts)
+            defaults = _run_with_defaults(spec, tmp / conv.files[0])
             check = _check(spec, mod, tmp, conv.files, calib_inputs[:CHECK_IMAGES], ref, _labels(cal),
                            "features" if graph.features else "logits")
         except OSError as e:
@@ -193,6 +210,7 @@ def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, ca
             "rewrites": graph.rewrites,
             "xca": xca,
             "backend_details": conv.details,
+            "runtime_defaults": defaults,
             "calibration": {"source": cal.source, "images": len(calib_inputs), "digest": cal.digest,
                             "skipped": len(cal.skipped)} if spec.calibrated else None,
             "check": check,

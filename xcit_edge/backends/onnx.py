@@ -96,9 +96,6 @@ class _Reader:
         item = next(self._it, None)
         return None if item is None else {"input": item[None]}
 
-    def __iter__(self):  # qdq_loss_debug.collect_activations iterates the reader
-        while (item := self.get_next()) is not None:
-            yield item
 
 
 def float_nodes(model) -> list[str]:
@@ -146,30 +143,14 @@ def _preprocessed(src: Path) -> Path:
     return pre
 
 
-def rank_nodes(graph, spec, calib: np.ndarray, workdir: Path) -> list[str]:
-    """Quantized nodes, worst first, by ONNX Runtime's QDQ debugging tools (`qdq_loss_debug`): each
-    activation's signal-to-quantization-noise ratio (its float value in the QDQ model vs the same value
-    quantized and dequantized), lowest first. The order `convert --max-drop` excludes nodes in
-    (`nodes_to_exclude`)."""
-    import onnx
-    from onnxruntime.quantization import qdq_loss_debug as qdq
-
-    fp32, qdq_path = workdir / "rank-fp32.onnx", workdir / "rank-qdq.onnx"
-    onnx.save(to_onnx(graph, int(spec.options.get("opset", 17))), str(fp32))
-    try:
-        _quantize_qdq(fp32, qdq_path, calib, spec)
-        aug = workdir / "rank-aug.onnx"
-        qdq.modify_model_output_intermediate_tensors(str(qdq_path), str(aug))
-        pairs = qdq.create_activation_matching(qdq.collect_activations(str(aug), _Reader(calib)))
-        producer = {o: n.name for n in onnx.load(str(qdq_path)).graph.node for o in n.output}
-        sqnr = qdq.compute_signal_to_quantization_noice_ratio
-        with np.errstate(all="ignore"):  # all-zero activations give 0/0 (NaN): ranked last
-            scored = [(producer[t], sqnr(m["pre_qdq"], m["post_qdq"])) for t, m in pairs.items()
-                      if t in producer and m.get("pre_qdq") and m.get("post_qdq")]
-        return list(dict.fromkeys(name for name, _ in sorted(scored, key=lambda t: (np.isnan(t[1]), t[1]))))
-    finally:
-        for f in workdir.glob("rank-*"):
-            f.unlink()
+def quantized_layers(graph, spec) -> list[str]:
+    """The nodes a `dynamic` spec quantizes (names, graph order): what `convert --max-drop` can give back
+    to float (`nodes_to_exclude`)."""
+    if spec.mode != "dynamic":
+        return []
+    model, _, _ = _float_model(graph, spec, int(spec.options.get("opset", 17)))
+    wanted = set(dynamic_settings(spec)["op_types_to_quantize"])
+    return [n.name for n in model.graph.node if n.op_type in wanted]
 
 
 def _unwrap_float_ops(model, keep: set[str], keep_nodes: frozenset[str] | set[str] = frozenset()) -> int:

@@ -5,7 +5,7 @@ on-device apps and MediaPipe run; with a dynamic batch the int8 model kept runti
 arithmetic that XNNPACK refused to prepare: measured). Modes:
 * `fp16-weights`: float16 weights, float32 compute;
 * `full-integer`: int8 weights and activations with float32 I/O; op types in `keep_float`
-  (and layers in `keep_nodes`, chosen by `convert --max-drop` from `rank_nodes`) stay float
+  (and layers in `keep_nodes`) stay float
   through TFLite's selective quantization (the quantization debugger's `denylisted_ops` /
   `denylisted_nodes`, the documented way to skip ops);
 * `int16x8`: int16 activations, int8 weights (TFLite's 16x8 mode);
@@ -29,7 +29,6 @@ import os
 import re
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -81,38 +80,6 @@ def _quantize_selectively(conv, calib: np.ndarray, keep: list[str], keep_nodes: 
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=conv, debug_dataset=_dataset(calib), debug_options=options)
     return debugger.get_nondebug_quantized_model()
-
-
-def _rmse_over_scale(f: np.ndarray, q: np.ndarray, scale: float, zero: int) -> float:
-    deq = (q.astype(np.float32) - zero) * scale
-    return float(np.sqrt(np.mean((f.astype(np.float32) - deq) ** 2)) / scale)
-
-
-def rank_nodes(graph, spec, calib: np.ndarray, workdir: Path) -> list[str]:
-    """Quantized layers, worst first, by the quantization debugger's `rmse/scale` (the error of a
-    layer's int8 output in units of its quantization step; TensorFlow's guide flags > 0.7): the
-    order in which `convert --max-drop` keeps layers in float (`keep_nodes`, its deny-list)."""
-    import tensorflow as tf
-
-    conv = _converter(graph, spec, calib)
-    options = tf.lite.experimental.QuantizationDebugOptions(
-        denylisted_ops=list(spec.quantization.get("keep_float", [])),
-        layer_direct_compare_metrics={"rmse/scale": _rmse_over_scale})
-    debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=_dataset(calib),
-                                                         debug_options=options)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # layers without data (empty slices) score NaN
-        debugger.run()
-    scored = [(_layer_name(k), float(m["rmse/scale"])) for k, m in debugger.layer_statistics.items()
-              if np.isfinite(m.get("rmse/scale", np.nan))]
-    return list(dict.fromkeys(name for name, _ in sorted(scored, key=lambda t: -t[1])))
-
-
-def _layer_name(numeric_verify: str) -> str:
-    """`NumericVerify/{tensor name}{digit}:{index}` -> the tensor name `denylisted_nodes` takes (the
-    debug model appends one digit to quantized tensor names; TensorFlow's own dump strips it the same way)."""
-    name = numeric_verify.split("/", 1)[1].rsplit(":", 1)[0]
-    return name[:-1] if name[-1:].isdigit() else name
 
 
 def float_ops(model_path: Path) -> list[str]:
@@ -184,9 +151,25 @@ def aeq_recipe(spec) -> list[dict]:
         config["activation_tensor_config"] = _int_config(8, False, "TENSORWISE")
     rules = [{"regex": ".*", "operation": op, "algorithm_key": "min_max_uniform_quantize", "op_config": config}
              for op in spec.quantization.get("ops", ["FULLY_CONNECTED", "CONV_2D"])]
-    rules += [{"regex": f"^{re.escape(name)}$", "operation": "*", "algorithm_key": "no_quantize"}
+    # an op's scope in ai-edge-quantizer is its output tensor names, each followed by ";"
+    rules += [{"regex": f"^{re.escape(name)};", "operation": "*", "algorithm_key": "no_quantize"}
               for name in spec.quantization.get("keep_nodes", [])]
     return rules
+
+
+def quantized_layers(graph, spec) -> list[str]:
+    """The layers an ai-edge-quantizer spec quantizes (output tensor names, in execution order): what
+    `convert --max-drop` can give back to float (`keep_nodes`)."""
+    if spec.mode not in AEQ_MODES:
+        return []
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_content=float_model(graph),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    names = {t["index"]: t["name"] for t in interp.get_tensor_details()}
+    wanted = set(spec.quantization.get("ops", ["FULLY_CONNECTED", "CONV_2D"]))
+    return [names[int(op["outputs"][0])] for op in interp._get_ops_details()
+            if op["op_name"] in wanted and len(op["outputs"]) and int(op["outputs"][0]) in names]
 
 
 @contextlib.contextmanager
@@ -247,11 +230,7 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     if flex:
         raise ConversionError(f"{spec.name}: converted model needs non-builtin ops {flex}; stock LiteRT cannot run it")
     kept = float_ops(out) if spec.quantized else []
-    xnnpack = runs_with_xnnpack(out)
-    if not xnnpack:
-        log.warning("%s: LiteRT's default XNNPACK delegate cannot prepare this model; it runs on the "
-                    "builtin kernels (slower)", spec.name)
-    details = {"ops": ops, "xnnpack": xnnpack, "xca_blocks": xca_blocks(out)}
+    details = {"ops": ops, "xca_blocks": xca_blocks(out)}  # how XNNPACK takes it: the manifest's runtime_defaults
     if aeq:
         details["quantizer"] = {"library": "ai-edge-quantizer", "recipe": aeq_recipe(spec)}
     return Conversion([spec.file], kept, details)
