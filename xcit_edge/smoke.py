@@ -79,7 +79,8 @@ def _onnx(path: Path) -> dict:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
-    session.run(None, {inp.name: _zeros(inp.shape, np.float32)})
+    dtype = np.uint8 if inp.type == "tensor(uint8)" else np.float32  # uint8: preprocessing baked in
+    session.run(None, {inp.name: _zeros(inp.shape, dtype)})
     return {}
 
 
@@ -88,7 +89,8 @@ def _openvino(path: Path) -> dict:
 
     compiled = ov.Core().compile_model(str(path), "CPU")
     shape = [d.get_length() if d.is_static else 1 for d in compiled.inputs[0].get_partial_shape()]
-    compiled.create_infer_request().infer({0: np.zeros(shape, np.float32)})
+    dtype = compiled.inputs[0].get_element_type().to_dtype()
+    compiled.create_infer_request().infer({0: np.zeros(shape, dtype)})
     return {}
 
 

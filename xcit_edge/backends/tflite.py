@@ -193,7 +193,7 @@ def _aeq_quantize(graph, spec, calib: np.ndarray | None) -> bytes:
             if q.need_calibration:
                 if calib is None or not len(calib):
                     raise XcitEdgeError(f"{spec.name} needs calibration data (--calibration)")
-                samples = [{"input": item[None].astype(np.float32)} for item in calib]
+                samples = [{"input": item[None]} for item in calib]  # the model's own input dtype (uint8 if baked)
                 result = q.calibrate({SIGNATURE: samples}, num_threads=os.cpu_count() or 1)
             quantized = q.quantize(result, enable_progress_bar=False, enable_progress_report=False).quantized_model
     except (XcitEdgeError, MemoryError):
