@@ -295,9 +295,10 @@ def _reference_options(device, tpu, zone, project, precision):
 
 
 def _print_convert_summary(results) -> None:
+    width = max(len(r.target) for r in results) if results else 0
     for r in results:
         if r.error:
-            click.echo(f"{r.target:14s} FAILED: {r.error}")
+            click.echo(f"{r.target:{width}s} FAILED: {r.error}")
             continue
         c = r.manifest["check"]
         size = sum(f["bytes"] for f in r.manifest["artifact"]["files"])
@@ -309,7 +310,7 @@ def _print_convert_summary(results) -> None:
                        f"({len(md['kept_nodes'])} layers kept in float, {md['method']})")
         agree = (f"top-1 agreement {c['top1_agreement']:.3f}" if "top1_agreement" in c
                  else f"NN agreement {c.get('nn_agreement', float('nan')):.3f}")
-        click.echo(f"{r.target:14s} {r.path}  {size / 1e6:7.2f} MB  {fused}  cosine {c['cosine_mean']:.6f}  "
+        click.echo(f"{r.target:{width}s} {r.path}  {size / 1e6:7.2f} MB  {fused}  cosine {c['cosine_mean']:.6f}  "
                    f"{agree} ({c['images']} images)  {verdict}")
 
 

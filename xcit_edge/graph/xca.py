@@ -334,8 +334,11 @@ def _emit(graph_def, index: int, site: _Site, lay: _Layout, device: str) -> str:
     x = e.transpose("x_channels_last", site.x, _to_channels_last(len(lay.x_shape), lay.x_axis))
     x = e.reshape("qkv", x, [-1, n, 3, h, d])
     x = e.transpose("qkv_token_major", x, [2, 0, 3, 1, 4])  # (3, B, h, N, d)
-    unpack = e.op("unstack", "Unpack", [x], num=3, axis=0)
-    q, k, v = unpack, f"{unpack}:1", f"{unpack}:2"
+    # Split + Reshape, not Unpack: LiteRT's XNNPACK delegate has no UNPACK, which cut every block out of
+    # the delegated graph (one partition per block; measured), and SPLIT it has
+    split = e.op("qkv_split", "Split", [e.const("qkv_split/axis", np.int32(0)), x], num_split=3)
+    q, k, v = (e.reshape(f"{name}_heads", f"{split}:{i}" if i else split, [-1, h, n, d])
+               for i, name in enumerate(("q", "k", "v")))
     gram = e.op("gram", "BatchMatMulV2", [q, k], adj_x=True, adj_y=False)  # (B, h, d, d)
     eps = e.const("eps", np.float32(NORM_EPS))
     axis = e.const("token_axis", [2])
