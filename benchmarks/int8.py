@@ -72,12 +72,13 @@ def latency(iterations: int, work: Path) -> None:
     from xcit_edge.build import build
     from xcit_edge.targets import all_targets
 
-    build("xcit_nano_12_p16_224", work / "nano", seed=0, force=True)
+    build("xcit_nano_12_p16_224", work / "nano", weights=work / "nano.safetensors", force=True)
     names = sorted(all_targets())
     arts = _convert(work / "nano", names, work / "nano-art", None)
     result = bench([arts[n].path for n in names], BenchOptions(threads=(2,), iterations=iterations, memory=False))
     ms = {t.name: t.median_ms for t in result.timings}
-    print(f"\nnano p16 224, batch 1, 2 threads, {iterations} timed calls each, round-robin (one run)")
+    print(f"\nnano p16 224 (seeded timm weights), batch 1, 2 threads, {iterations} timed calls each, "
+          "round-robin (one run)")
     print(f"{'artifact':20s} {'median ms':>9s} {'float artifact':>15s} {'x float':>8s}  goal")
     for n in names:
         base = FLOAT_OF.get(n)
@@ -95,6 +96,17 @@ def latency(iterations: int, work: Path) -> None:
                   f"on builtin kernels ({', '.join(d['builtin_ops']) or 'none'})")
 
 
+def nano_weights(path: Path) -> None:
+    """Seeded timm nano weights as safetensors. Before TensorFlow is imported: torch's triton import
+    segfaulted in a process that had loaded TensorFlow 2.21 first (measured)."""
+    from safetensors.torch import save_file
+
+    from xcit_edge.timm_ref import seeded_timm_model
+
+    model = seeded_timm_model("xcit_nano_12_p16_224", seed=0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+
+
 def _vnni(machine: dict) -> bool:
     return any("vnni" in f or f in ("asimddp", "i8mm") for f in machine.get("isa", []))
 
@@ -109,10 +121,12 @@ def main() -> None:
     from xcit_edge.bench import machine_line
 
     print(machine_line(), flush=True)
+    work = Path(tempfile.mkdtemp(prefix="int8-bench-"))
+    if not args.skip_latency:
+        nano_weights(work / "nano.safetensors")
     from xcit_edge.tfimport import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    work = Path(tempfile.mkdtemp(prefix="int8-bench-"))
     if not args.skip_accuracy:
         accuracy(args.images, work)
     if not args.skip_latency:

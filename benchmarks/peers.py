@@ -209,7 +209,7 @@ def variants(prep: dict, size: int, work: Path) -> list[Candidate]:
     calib = np.random.default_rng(0).standard_normal((32, size, size, 3), dtype=np.float32)  # timing only
     l2norm_only = _convert(graph, "tflite-int8", {}, work / "tflite-int8-l2norm", calib,
                            keep_float=["SUM", "SQRT", "MAXIMUM", "DIV"])
-    paths = {"tflite-int8, only l2norm float (before)": (l2norm_only, True)}
+    paths = {"tflite-int8 by TFLite's converter, only l2norm float (before)": (l2norm_only, True)}
     paths.update({f"{t}, builtin kernels (no XNNPACK)": (arts / t / "model.tflite", False)
                   for t in ("tflite-fp16", "tflite-int8")})
     for name, (path, xnnpack) in paths.items():
@@ -227,7 +227,9 @@ def _convert(graph, target: str, options: dict, where: Path, calib=None, keep_fl
     from xcit_edge.targets import all_targets
 
     spec = all_targets()[target]
-    quant = spec.quantization if keep_float is None else {**spec.quantization, "keep_float": keep_float}
+    # keep_float: TFLite's own converter (`full-integer`) with that policy, the int8 path before ai-edge-quantizer
+    quant = spec.quantization if keep_float is None else {**spec.quantization, "keep_float": keep_float,
+                                                          "mode": "full-integer"}
     spec = replace(spec, options={**spec.options, **options}, quantization=quant)
     where.mkdir(exist_ok=True)
     backend(spec.backend).convert(graph, spec, calib, where)

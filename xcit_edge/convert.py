@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CHECK_IMAGES = 16
 DEFAULT_CALIBRATION_IMAGES = 100
+DROP_CHECK_IMAGES = 200  # --max-drop measures on this many decoded images (a point is 2 images)
 MIN_FREE_BYTES = 1 << 20
 
 # progress(event, done, total): events "calibration" (images decoded) and "target" (targets done)
@@ -95,6 +96,8 @@ def calibration_limit(targets: list[TargetSpec], opts: ConvertOptions) -> int:
                   if t.calibrated] or [CHECK_IMAGES])
     if opts.reference is not None:  # the stored reference covers the decoded images: more than a quick check
         wanted = max(wanted, DEFAULT_CALIBRATION_IMAGES)
+    if opts.max_drop is not None:  # the drop is measured on the decoded images, also for dynamic targets
+        wanted = max(wanted, DROP_CHECK_IMAGES)
     return opts.calibration_images or wanted
 
 
