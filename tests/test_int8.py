@@ -159,6 +159,42 @@ def test_an_artifact_the_default_runtime_cannot_run_fails_its_target(fixture_art
         _run_with_defaults(all_targets()["tflite-int8"], bad)
 
 
+def _unrunnable_copy(fixture_artifacts, where: Path) -> Path:
+    """The tflite-int8 artifact with an input shape its weights cannot take, its manifest's hashes updated: a
+    well-formed artifact that LiteRT with default options refuses to prepare."""
+    import shutil
+
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    from xcit_edge.artifact import file_entries, read_manifest, write_manifest
+
+    dst = where / "tflite-int8"
+    shutil.copytree(fixture_artifacts["tflite-int8"]["path"], dst)
+    model = fbu.read_model_from_bytearray(bytearray((dst / "model.tflite").read_bytes()))
+    model.subgraphs[0].tensors[model.subgraphs[0].inputs[0]].shape = [1, 8, 8, 3]
+    (dst / "model.tflite").write_bytes(bytes(fbu.convert_object_to_bytearray(model)))
+    man = read_manifest(dst)
+    man["artifact"]["files"] = file_entries(dst, [f["file"] for f in man["artifact"]["files"]])
+    write_manifest(dst, {k: v for k, v in man.items() if k not in ("format", "tool", "created")})
+    return dst
+
+
+def test_validate_and_bench_report_an_artifact_the_runtime_cannot_run(fixture_artifacts, fixture_dir, calib_npz,
+                                                                      tmp_path):
+    """The artifact is run in a child process first: one line, exit 1; validate still judges the others."""
+    bad = _unrunnable_copy(fixture_artifacts, tmp_path)
+    good = fixture_artifacts["onnx-int8"]["path"]
+    res = run("--quiet", "validate", bad, good, "--source", fixture_dir, "--calibration", calib_npz,
+              "--max-images", 32, "--json")
+    assert res.exit_code == 1, res.output
+    verdicts = {Path(a["path"]).name: a for a in json.loads(res.stdout)["artifacts"]}
+    assert verdicts["onnx-int8"]["passed"]
+    assert verdicts["tflite-int8"]["failures"][0].startswith("does not run with tflite's default options: ")
+    res = run("--quiet", "bench", bad, "--iterations", 1, "--no-memory")
+    assert res.exit_code == 1 and "runtime with default options cannot run it" in res.stderr, res.output
+    assert "Traceback" not in res.output
+
+
 def test_a_native_abort_is_named_by_its_signal():
     from xcit_edge.smoke import _why
 

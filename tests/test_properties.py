@@ -20,6 +20,7 @@ from xcit_edge.calibration import load_calibration
 from xcit_edge.errors import UsageError
 from xcit_edge.preprocessing import timm_default
 from xcit_edge.synthetic import make_images
+from xcit_edge.targets import all_targets
 from xcit_edge.validate import open_artifact
 
 PRE = timm_default(32)
@@ -123,8 +124,8 @@ def test_manifest_reader_on_random_bytes_and_mutated_manifests(one_artifact, dat
         text = json.dumps(doc).encode()
     try:
         (one_artifact / MANIFEST).write_bytes(text)
-        art = open_artifact(one_artifact, load=False)
-        assert art.spec.name in {"onnx", "onnx-int8", "openvino", "openvino-int8", "tflite-fp16", "tflite-int8"}
+        art = open_artifact(one_artifact, load=False, run_check=False)  # the reader, not the runtime
+        assert art.spec.name in all_targets()
     except UsageError:
         pass
     finally:

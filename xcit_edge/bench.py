@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.errors import UsageError
+from xcit_edge.errors import ConversionError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +244,9 @@ def artifact_candidate(path: Path) -> Candidate:
     from xcit_edge.validate import open_artifact
 
     art = open_artifact(path, load=False)
+    if art.broken:
+        raise ConversionError(f"{art.path}: {art.spec.backend}'s runtime with default options cannot run it "
+                              f"({art.broken}); not timed")
     io = art.manifest["io"]["input"]
 
     def load(threads: int):
@@ -308,7 +311,7 @@ def probe(path: Path, batch: int, threads: int) -> dict:
     spec = shipped_spec(read_manifest(where), where)
     importlib.import_module(RUNTIME_MODULES[spec.backend])
     base = _peak_rss_mib()
-    art = open_artifact(where, threads)
+    art = open_artifact(where, threads, run_check=False)  # bench checked it before timing
     x = _artifact_input(art.manifest["io"]["input"], batch, np.random.default_rng(0))
     for _ in range(PROBE_RUNS):
         art.module.run(art.session, x)

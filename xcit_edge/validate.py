@@ -32,6 +32,7 @@ from xcit_edge.memory import check_model, image_budget, tree_bytes
 from xcit_edge.metrics import agreement, cosine, failures, kl_divergence
 from xcit_edge.preprocessing import Preprocessing, to_layout
 from xcit_edge.reference import REFERENCE_FILE, Reference, load_reference, run_reference
+from xcit_edge.smoke import smoke
 from xcit_edge.targets import TargetSpec, all_targets
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class OpenArtifact:
     spec: TargetSpec
     module: ModuleType
     session: object = None
+    broken: str | None = None  # why its runtime with default options cannot run it (a child process found out)
 
     def load(self, threads: int | None = None):
         """A runtime session of the artifact (threads: the runtime's thread count, None for its default);
@@ -172,9 +174,10 @@ def artifact_paths(paths: list[Path], command: str) -> list[Path]:
     return paths
 
 
-def open_artifact(path: Path, threads: int | None = None, load: bool = True) -> OpenArtifact:
-    """Open an artifact directory (or its model file): manifest, file hashes, then (`load`) its runtime
-    (threads: the runtime's thread count, None for its default)."""
+def open_artifact(path: Path, threads: int | None = None, load: bool = True, run_check: bool = True) -> OpenArtifact:
+    """Open an artifact directory (or its model file): manifest, file hashes, (`run_check`) one run with its
+    runtime's defaults in a child process, then (`load`) its runtime (threads: the runtime's thread count,
+    None for its default). An artifact that fails the child run is returned with `broken` set, not loaded."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"artifact not found: {path}")
@@ -183,7 +186,13 @@ def open_artifact(path: Path, threads: int | None = None, load: bool = True) -> 
     spec = shipped_spec(manifest, where)
     _check_files(where, manifest)
     art = OpenArtifact(where, manifest, spec, backend(spec.backend))
-    if load:
+    # first in a child process with the runtime's defaults, as an app loads it: a runtime that aborts natively
+    # on a file (LiteRT's double free) would otherwise take this whole process with it
+    res = smoke(spec.backend, where / spec.file) if run_check else None
+    if res is not None and not res.ok:
+        art.broken = res.why
+        log.error("%s: %s's runtime with default options cannot run it (%s)", where, spec.backend, res.why)
+    elif load:
         art.session = art.load(threads)
     return art
 
@@ -304,6 +313,9 @@ def validate_one(art: OpenArtifact, x: np.ndarray, ref: Reference, labels: np.nd
     if want and want[-1] not in (-1, ref.outputs.shape[-1]):
         raise UsageError(f"{art.path}: outputs {want[-1]} values per image, the reference {ref.outputs.shape[-1]}: "
                          "not the model this artifact came from")
+    if art.broken:
+        return ArtifactValidation(art.spec.name, art.path, art.spec, {},
+                                  [f"does not run with {art.spec.backend}'s default options: {art.broken}"], {}, None)
     try:
         out, latency = _run_timed(art, x, progress)
     except Exception as e:  # noqa: BLE001 - a runtime failure is this artifact's verdict, not the run's
