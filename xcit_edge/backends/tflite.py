@@ -30,7 +30,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -42,6 +41,7 @@ log = logging.getLogger(__name__)
 
 
 AEQ_MODES = ("aeq-static", "aeq-dynamic")
+AEQ_OPS = ["FULLY_CONNECTED", "CONV_2D"]  # what an aeq spec quantizes when it names no `ops`
 SIGNATURE = "serving_default"
 
 
@@ -117,11 +117,11 @@ def with_signature(data: bytes) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def _converted(conv, spec) -> bytes:
+def _converted(conv, name: str) -> bytes:
     try:
         return conv.convert()
     except Exception as e:  # the converter raises ConverterError/RuntimeError/ValueError with MLIR dumps
-        raise ConversionError(f"TFLite conversion failed for {spec.name}: {first_line(e)}") from e
+        raise ConversionError(f"TFLite conversion failed for {name}: {first_line(e)}") from e
 
 
 def float_model(graph) -> bytes:
@@ -133,7 +133,7 @@ def float_model(graph) -> bytes:
 
         conv = tf.lite.TFLiteConverter.from_concrete_functions([graph.fixed_batch(1)], None)
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        graph.cache[key] = with_signature(_converted(conv, SimpleNamespace(name="float")))
+        graph.cache[key] = with_signature(_converted(conv, "the float model"))
     return graph.cache[key]
 
 
@@ -150,7 +150,7 @@ def aeq_recipe(spec) -> list[dict]:
     if spec.mode == "aeq-static":
         config["activation_tensor_config"] = _int_config(8, False, "TENSORWISE")
     rules = [{"regex": ".*", "operation": op, "algorithm_key": "min_max_uniform_quantize", "op_config": config}
-             for op in spec.quantization.get("ops", ["FULLY_CONNECTED", "CONV_2D"])]
+             for op in spec.quantization.get("ops", AEQ_OPS)]
     # an op's scope in ai-edge-quantizer is its output tensor names, each followed by ";"
     rules += [{"regex": f"^{re.escape(name)};", "operation": "*", "algorithm_key": "no_quantize"}
               for name in spec.quantization.get("keep_nodes", [])]
@@ -167,7 +167,7 @@ def quantized_layers(graph, spec) -> list[str]:
     interp = Interpreter(model_content=float_model(graph),
                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     names = {t["index"]: t["name"] for t in interp.get_tensor_details()}
-    wanted = set(spec.quantization.get("ops", ["FULLY_CONNECTED", "CONV_2D"]))
+    wanted = set(spec.quantization.get("ops", AEQ_OPS))
     return [names[int(op["outputs"][0])] for op in interp._get_ops_details()
             if op["op_name"] in wanted and len(op["outputs"]) and int(op["outputs"][0]) in names]
 
@@ -213,7 +213,7 @@ def _converter_quantize(graph, spec, calib: np.ndarray | None) -> bytes:
         raise ConversionError(f"{spec.name}: TFLite's selective quantization is int8-only; int16x8 cannot "
                               "keep ops or layers in float (drop keep_float / --max-drop)")
     if not ((keep or keep_nodes) and spec.quantized):
-        return with_signature(_converted(conv, spec))
+        return with_signature(_converted(conv, spec.name))
     try:
         return with_signature(_quantize_selectively(conv, calib, keep, keep_nodes))
     except Exception as e:
