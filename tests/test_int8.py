@@ -179,20 +179,33 @@ def _unrunnable_copy(fixture_artifacts, where: Path) -> Path:
     return dst
 
 
-def test_validate_and_bench_report_an_artifact_the_runtime_cannot_run(fixture_artifacts, fixture_dir, calib_npz,
+def test_validate_and_bench_refuse_an_artifact_the_runtime_cannot_run(fixture_artifacts, fixture_dir, calib_npz,
                                                                       tmp_path):
-    """The artifact is run in a child process first: one line, exit 1; validate still judges the others."""
+    """Run in a child process first: a file the default runtime refuses is bad input (one line, exit 2), as a
+    model the runtime refuses at load always was."""
     bad = _unrunnable_copy(fixture_artifacts, tmp_path)
     good = fixture_artifacts["onnx-int8"]["path"]
     res = run("--quiet", "validate", bad, good, "--source", fixture_dir, "--calibration", calib_npz,
-              "--max-images", 32, "--json")
-    assert res.exit_code == 1, res.output
-    verdicts = {Path(a["path"]).name: a for a in json.loads(res.stdout)["artifacts"]}
-    assert verdicts["onnx-int8"]["passed"]
-    assert verdicts["tflite-int8"]["failures"][0].startswith("does not run with tflite's default options: ")
+              "--max-images", 32)
+    assert res.exit_code == 2 and "tflite cannot load model.tflite with its default options" in res.stderr, res.output
     res = run("--quiet", "bench", bad, "--iterations", 1, "--no-memory")
-    assert res.exit_code == 1 and "runtime with default options cannot run it" in res.stderr, res.output
+    assert res.exit_code == 2 and "tflite cannot load model.tflite with its default options" in res.stderr, res.output
     assert "Traceback" not in res.output
+
+
+def test_an_artifact_the_runtime_dies_on_is_one_failed_verdict(fixture_artifacts, monkeypatch):
+    """A native abort in the child run (simulated: the result of a child killed by SIGABRT) makes the artifact
+    `broken`: validate gives it a failed verdict naming the signal and never loads it in this process."""
+    from xcit_edge import validate as val
+    from xcit_edge.smoke import SmokeResult, _why
+
+    monkeypatch.setattr(val, "smoke", lambda backend, path: SmokeResult(False, _why(-6, "free(): double free"),
+                                                                        died=True))
+    art = val.open_artifact(Path(fixture_artifacts["tflite-int8"]["path"]))
+    assert art.session is None and art.broken == "the runtime aborted the process (SIGABRT): free(): double free"
+    res = val.validate_one(art, np.zeros((1, 64, 64, 3), np.float32), None, None, [], None)
+    assert res.failures == ["does not run with tflite's default options: the runtime aborted the process "
+                            "(SIGABRT): free(): double free"]
 
 
 def test_a_native_abort_is_named_by_its_signal():

@@ -32,6 +32,7 @@ class SmokeResult:
     ok: bool
     why: str = ""  # one line: the signal, the exit status or the runtime's last error line
     details: dict | None = None  # what the runtime reported (LiteRT: XNNPACK partitions)
+    died: bool = False  # the child did not return: a signal (native abort) or the timeout, not a runtime error
 
 
 def _zeros(shape, dtype) -> np.ndarray:
@@ -103,11 +104,11 @@ def smoke(backend: str, path: Path, timeout: float = TIMEOUT_S) -> SmokeResult:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return SmokeResult(False, f"no result within {timeout:.0f} s")
+        return SmokeResult(False, f"no result within {timeout:.0f} s", died=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
     if proc.returncode == 0 and lines:
         return SmokeResult(True, details=json.loads(lines[-1][len(RESULT_PREFIX):]))
-    return SmokeResult(False, _why(proc.returncode, proc.stderr))
+    return SmokeResult(False, _why(proc.returncode, proc.stderr), died=proc.returncode < 0)
 
 
 def _why(code: int, stderr: str) -> str:

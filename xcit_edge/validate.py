@@ -177,7 +177,8 @@ def artifact_paths(paths: list[Path], command: str) -> list[Path]:
 def open_artifact(path: Path, threads: int | None = None, load: bool = True, run_check: bool = True) -> OpenArtifact:
     """Open an artifact directory (or its model file): manifest, file hashes, (`run_check`) one run with its
     runtime's defaults in a child process, then (`load`) its runtime (threads: the runtime's thread count,
-    None for its default). An artifact that fails the child run is returned with `broken` set, not loaded."""
+    None for its default). A file the runtime refuses there is bad input (UsageError, exit 2, as when `load`
+    refuses it); one on which it dies (a signal, a hang) is returned with `broken` set, not loaded."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"artifact not found: {path}")
@@ -189,7 +190,9 @@ def open_artifact(path: Path, threads: int | None = None, load: bool = True, run
     # first in a child process with the runtime's defaults, as an app loads it: a runtime that aborts natively
     # on a file (LiteRT's double free) would otherwise take this whole process with it
     res = smoke(spec.backend, where / spec.file) if run_check else None
-    if res is not None and not res.ok:
+    if res is not None and not res.ok and not res.died:  # the runtime refused the file: bad input, as in load()
+        raise UsageError(f"{where}: {spec.backend} cannot load {spec.file} with its default options ({res.why})")
+    if res is not None and not res.ok:  # it took the child process with it: this artifact's verdict
         art.broken = res.why
         log.error("%s: %s's runtime with default options cannot run it (%s)", where, spec.backend, res.why)
     elif load:
@@ -309,13 +312,13 @@ def _per_class(out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None,
 def validate_one(art: OpenArtifact, x: np.ndarray, ref: Reference, labels: np.ndarray | None, names: list[str],
                  class_names: list[str] | None, progress: Progress | None = None) -> ArtifactValidation:
     """Run one artifact on `x` and hold it to its target's tolerances against `ref`."""
+    if art.broken:
+        return ArtifactValidation(art.spec.name, art.path, art.spec, {},
+                                  [f"does not run with {art.spec.backend}'s default options: {art.broken}"], {}, None)
     want = art.manifest["io"]["output"].get("shape", [])
     if want and want[-1] not in (-1, ref.outputs.shape[-1]):
         raise UsageError(f"{art.path}: outputs {want[-1]} values per image, the reference {ref.outputs.shape[-1]}: "
                          "not the model this artifact came from")
-    if art.broken:
-        return ArtifactValidation(art.spec.name, art.path, art.spec, {},
-                                  [f"does not run with {art.spec.backend}'s default options: {art.broken}"], {}, None)
     try:
         out, latency = _run_timed(art, x, progress)
     except Exception as e:  # noqa: BLE001 - a runtime failure is this artifact's verdict, not the run's
