@@ -141,9 +141,10 @@ def _int_config(bits: int, symmetric: bool, granularity: str) -> dict:
     return {"num_bits": bits, "symmetric": symmetric, "granularity": granularity, "dtype": "INT"}
 
 
-def aeq_recipe(spec) -> list[dict]:
+def aeq_recipe(spec, small: list[str] = ()) -> list[dict]:
     """The ai-edge-quantizer recipe for the spec: one rule per op type in `ops`, then a `no_quantize` rule
-    per `keep_nodes` layer (later rules win in ai-edge-quantizer)."""
+    per layer that stays float (later rules win in ai-edge-quantizer): `small`, the layers whose weight
+    has fewer than the spec's `min_weight_elements` (`small_layers`), and `keep_nodes`."""
     weights = _int_config(8, True, "CHANNELWISE")
     config: dict = {"weight_tensor_config": weights, "compute_precision": "INTEGER", "explicit_dequantize": False,
                     "skip_checks": False, "min_weight_elements": 0}
@@ -153,8 +154,31 @@ def aeq_recipe(spec) -> list[dict]:
              for op in spec.quantization.get("ops", AEQ_OPS)]
     # an op's scope in ai-edge-quantizer is its output tensor names, each followed by ";"
     rules += [{"regex": f"^{re.escape(name)};", "operation": "*", "algorithm_key": "no_quantize"}
-              for name in spec.quantization.get("keep_nodes", [])]
+              for name in [*small, *spec.quantization.get("keep_nodes", [])]]
     return rules
+
+
+def _weighted_layers(graph, spec) -> list[tuple[str, int]]:
+    """(output tensor name, weight elements) of each op of the spec's `ops` in the float model, in
+    execution order."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_content=float_model(graph),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    wanted = set(spec.quantization.get("ops", AEQ_OPS))
+    return [(tensors[int(op["outputs"][0])]["name"],
+             int(np.prod(tensors[int(op["inputs"][1])]["shape"])) if len(op["inputs"]) > 1 else 0)
+            for op in interp._get_ops_details()
+            if op["op_name"] in wanted and len(op["outputs"]) and int(op["outputs"][0]) in tensors]
+
+
+def small_layers(graph, spec) -> list[str]:
+    """Layers of the spec's op types that stay float because their weight has fewer than
+    `min_weight_elements` elements (ai-edge-quantizer 0.10's own `min_weight_elements` option fails in
+    static mode: AttributeError on a missing activation scale, measured; a `no_quantize` rule does not)."""
+    least = int(spec.quantization.get("min_weight_elements", 0))
+    return [name for name, n in _weighted_layers(graph, spec) if n < least] if spec.mode in AEQ_MODES else []
 
 
 def quantized_layers(graph, spec) -> list[str]:
@@ -162,14 +186,8 @@ def quantized_layers(graph, spec) -> list[str]:
     `convert --max-drop` can give back to float (`keep_nodes`)."""
     if spec.mode not in AEQ_MODES:
         return []
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interp = Interpreter(model_content=float_model(graph),
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    names = {t["index"]: t["name"] for t in interp.get_tensor_details()}
-    wanted = set(spec.quantization.get("ops", AEQ_OPS))
-    return [names[int(op["outputs"][0])] for op in interp._get_ops_details()
-            if op["op_name"] in wanted and len(op["outputs"]) and int(op["outputs"][0]) in names]
+    small = set(small_layers(graph, spec))
+    return [name for name, _ in _weighted_layers(graph, spec) if name not in small]
 
 
 @contextlib.contextmanager
@@ -186,7 +204,7 @@ def _aeq_quantize(graph, spec, calib: np.ndarray | None) -> bytes:
     from ai_edge_quantizer import quantizer
 
     q = quantizer.Quantizer(float_model(graph))
-    q.load_quantization_recipe(aeq_recipe(spec))
+    q.load_quantization_recipe(aeq_recipe(spec, small_layers(graph, spec)))
     try:
         with _progress_to_debug_log():
             result = None
@@ -232,7 +250,7 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     kept = float_ops(out) if spec.quantized else []
     details = {"ops": ops, "xca_blocks": xca_blocks(out)}  # how XNNPACK takes it: the manifest's runtime_defaults
     if aeq:
-        details["quantizer"] = {"library": "ai-edge-quantizer", "recipe": aeq_recipe(spec)}
+        details["quantizer"] = {"library": "ai-edge-quantizer", "recipe": aeq_recipe(spec, small_layers(graph, spec))}
     return Conversion([spec.file], kept, details)
 
 
