@@ -17,7 +17,7 @@ from xcit_edge.resources import data_dir
 
 BACKEND_NAMES = ("tflite", "onnx", "openvino")
 QUANT_MODES = {
-    "tflite": ("none", "fp16-weights", "full-integer", "int16x8", "aeq-static", "aeq-dynamic"),
+    "tflite": ("none", "fp16-weights", "full-integer", "int16x8", "aeq-static", "aeq-dynamic", "aeq-full"),
     "onnx": ("none", "qdq-static", "dynamic"),
     "openvino": ("none", "nncf"),
 }
@@ -44,7 +44,8 @@ class TargetSpec:
     @property
     def quantized(self) -> bool:
         """Integer-quantized (calibration data needed, checks are statistical)."""
-        return self.mode in ("full-integer", "int16x8", "qdq-static", "nncf", "aeq-static", *DYNAMIC_MODES)
+        return self.mode in ("full-integer", "int16x8", "qdq-static", "nncf", "aeq-static", "aeq-full",
+                             *DYNAMIC_MODES)
 
     @property
     def calibrated(self) -> bool:

@@ -14,6 +14,11 @@ arithmetic that XNNPACK refused to prepare: measured). Modes:
   activations per tensor from calibration ranges) or dynamic (int8 weights; XNNPACK quantizes
   the activations per image, its qd8 kernels: no calibration). Layers in `keep_nodes` (tensor
   names) get its `no_quantize` rule. The recipe it ran is recorded in the manifest.
+* `aeq-full`: every op integer, for NPUs: input, output and activations with `activation_bits`
+  (8, or 16: LiteRT's 16x8 scheme), int16 activations for the layers matching the spec's
+  `int16_layers` regexes (where int8 cannot hold the range), int8 weights per channel. The float
+  model first gets the exact rewrites of `tflite_rewrite` (ops ai-edge-quantizer has no integer
+  form for); a converted model with any float op left fails the target.
 What really stayed float is read back from the converted model, not assumed.
 
 Every artifact carries a `serving_default` signature (input `input`, output `output`): LiteRT's
@@ -33,14 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.backends import Conversion
+from xcit_edge.backends import Conversion, tflite_rewrite
 from xcit_edge.errors import ConversionError, XcitEdgeError, first_line
 from xcit_edge.graph.xca import block_exits, count_blocks
 
 log = logging.getLogger(__name__)
 
 
-AEQ_MODES = ("aeq-static", "aeq-dynamic")
+AEQ_MODES = ("aeq-static", "aeq-dynamic", "aeq-full")
 AEQ_OPS = ["FULLY_CONNECTED", "CONV_2D"]  # what an aeq spec quantizes when it names no `ops`
 SIGNATURE = "serving_default"
 
@@ -124,11 +129,23 @@ def _converted(conv, name: str) -> bytes:
         raise ConversionError(f"TFLite conversion failed for {name}: {first_line(e)}") from e
 
 
-def float_model(graph) -> bytes:
+def float_model(graph, integer_friendly: bool = False) -> bytes:
     """The float32 TFLite model of the graph (batch 1, signature added), converted once per graph: the
-    input of ai-edge-quantizer's modes."""
-    key = ("tflite-float",)
-    if key not in graph.cache:
+    input of ai-edge-quantizer's modes. integer_friendly: with `tflite_rewrite`'s exact rewrites (for
+    `aeq-full`), checked on one input."""
+    key = ("tflite-float", integer_friendly)
+    if key in graph.cache:
+        return graph.cache[key]
+    if integer_friendly:
+        plain = float_model(graph)
+        rewritten, made = tflite_rewrite.integer_friendly(plain)
+        err = tflite_rewrite.verify(plain, rewritten)
+        if not err <= 1e-6:
+            raise ConversionError(f"TFLite rewrite for integer ops changed the float model's output (max |diff| "
+                                  f"{err:.3g}); this is a bug in xcit-edge")
+        log.debug("TFLite float model rewrites: %s", made)
+        graph.cache[key] = rewritten
+    else:
         import tensorflow as tf
 
         conv = tf.lite.TFLiteConverter.from_concrete_functions([graph.fixed_batch(1)], None)
@@ -142,20 +159,29 @@ def _int_config(bits: int, symmetric: bool, granularity: str) -> dict:
 
 
 def aeq_recipe(spec, small: list[str] = ()) -> list[dict]:
-    """The ai-edge-quantizer recipe for the spec: one rule per op type in `ops`, then a `no_quantize` rule
-    per layer that stays float (later rules win in ai-edge-quantizer): `small`, the layers whose weight
-    has fewer than the spec's `min_weight_elements` (`small_layers`), and `keep_nodes`."""
-    weights = _int_config(8, True, "CHANNELWISE")
-    config: dict = {"weight_tensor_config": weights, "compute_precision": "INTEGER", "explicit_dequantize": False,
-                    "skip_checks": False, "min_weight_elements": 0}
+    """The ai-edge-quantizer recipe for the spec. `aeq-full`: every op with `activation_bits` (8 or 16)
+    activations and int8 weights, then int16 activations for the `int16_layers` regexes. Otherwise one
+    rule per op type in `ops`, then a `no_quantize` rule per layer that stays float (later rules win in
+    ai-edge-quantizer): `small`, the layers whose weight has fewer than the spec's `min_weight_elements`
+    (`small_layers`), and `keep_nodes`."""
+    config: dict = {"weight_tensor_config": _int_config(8, True, "CHANNELWISE"), "compute_precision": "INTEGER",
+                    "explicit_dequantize": False, "skip_checks": False, "min_weight_elements": 0}
+    if spec.mode == "aeq-full":
+        bits = int(spec.quantization.get("activation_bits", 8))  # int16: symmetric, as LiteRT's 16x8 kernels want
+        int16 = {**config, "activation_tensor_config": _int_config(16, True, "TENSORWISE")}
+        return [_rule(".*", "*", {**config, "activation_tensor_config": _int_config(bits, bits == 16, "TENSORWISE")}),
+                *(_rule(regex, "*", int16) for regex in spec.quantization.get("int16_layers", []))]
     if spec.mode == "aeq-static":
         config["activation_tensor_config"] = _int_config(8, False, "TENSORWISE")
-    rules = [{"regex": ".*", "operation": op, "algorithm_key": "min_max_uniform_quantize", "op_config": config}
-             for op in spec.quantization.get("ops", AEQ_OPS)]
+    rules = [_rule(".*", op, config) for op in spec.quantization.get("ops", AEQ_OPS)]
     # an op's scope in ai-edge-quantizer is its output tensor names, each followed by ";"
     rules += [{"regex": f"^{re.escape(name)};", "operation": "*", "algorithm_key": "no_quantize"}
               for name in [*small, *spec.quantization.get("keep_nodes", [])]]
     return rules
+
+
+def _rule(regex: str, operation: str, config: dict) -> dict:
+    return {"regex": regex, "operation": operation, "algorithm_key": "min_max_uniform_quantize", "op_config": config}
 
 
 def _weighted_layers(graph, spec) -> list[tuple[str, int]]:
@@ -178,13 +204,16 @@ def small_layers(graph, spec) -> list[str]:
     `min_weight_elements` elements (ai-edge-quantizer 0.10's own `min_weight_elements` option fails in
     static mode: AttributeError on a missing activation scale, measured; a `no_quantize` rule does not)."""
     least = int(spec.quantization.get("min_weight_elements", 0))
-    return [name for name, n in _weighted_layers(graph, spec) if n < least] if spec.mode in AEQ_MODES else []
+    if spec.mode not in AEQ_MODES or spec.mode == "aeq-full":
+        return []
+    return [name for name, n in _weighted_layers(graph, spec) if n < least]
 
 
 def quantized_layers(graph, spec) -> list[str]:
     """The layers an ai-edge-quantizer spec quantizes (output tensor names, in execution order): what
-    `convert --max-drop` can give back to float (`keep_nodes`)."""
-    if spec.mode not in AEQ_MODES:
+    `convert --max-drop` can give back to float (`keep_nodes`). None for `aeq-full`: every op of an
+    NPU model stays integer."""
+    if spec.mode not in AEQ_MODES or spec.mode == "aeq-full":
         return []
     small = set(small_layers(graph, spec))
     return [name for name, _ in _weighted_layers(graph, spec) if name not in small]
@@ -203,7 +232,7 @@ def _progress_to_debug_log():
 def _aeq_quantize(graph, spec, calib: np.ndarray | None) -> bytes:
     from ai_edge_quantizer import quantizer
 
-    q = quantizer.Quantizer(float_model(graph))
+    q = quantizer.Quantizer(float_model(graph, integer_friendly=spec.mode == "aeq-full"))
     q.load_quantization_recipe(aeq_recipe(spec, small_layers(graph, spec)))
     try:
         with _progress_to_debug_log():
@@ -248,6 +277,8 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     if flex:
         raise ConversionError(f"{spec.name}: converted model needs non-builtin ops {flex}; stock LiteRT cannot run it")
     kept = float_ops(out) if spec.quantized else []
+    if spec.mode == "aeq-full" and kept:
+        raise ConversionError(f"{spec.name}: ops left in float after full-integer quantization: {', '.join(kept)}")
     details = {"ops": ops, "xca_blocks": xca_blocks(out)}  # how XNNPACK takes it: the manifest's runtime_defaults
     if aeq:
         details["quantizer"] = {"library": "ai-edge-quantizer", "recipe": aeq_recipe(spec, small_layers(graph, spec))}
