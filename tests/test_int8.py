@@ -164,6 +164,44 @@ def test_an_artifact_the_default_runtime_cannot_run_fails_its_target(fixture_art
         _run_with_defaults(all_targets()["tflite-int8"], bad)
 
 
+def test_the_npu_target_has_every_op_integer(fixture_artifacts):
+    """tflite-16x8-full: integer input and output, every op's output an integer tensor (int16 activations),
+    nothing left in float, and stock LiteRT runs it with default options (builtin integer kernels)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    art = Path(fixture_artifacts["tflite-16x8-full"]["path"])
+    man = json.loads((art / "manifest.json").read_text())
+    assert man["kept_float"] == [] and man["runtime_defaults"]["nodes"] > 0
+    assert man["backend_details"]["quantizer"]["recipe"][0]["op_config"]["activation_tensor_config"]["num_bits"] == 16
+    interp = Interpreter(model_path=str(art / "model.tflite"),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    assert interp.get_input_details()[0]["dtype"] == np.int16 and interp.get_output_details()[0]["dtype"] == np.int16
+    floats = [op["op_name"] for op in interp._get_ops_details()
+              if any(np.issubdtype(tensors[o]["dtype"], np.floating) for o in op["outputs"])]
+    assert floats == []
+
+
+def test_integer_friendly_rewrites_are_exact(fixture_dir):
+    """NEG, SQUARED_DIFFERENCE and the class token's ZEROS_LIKE are gone from the rewritten float model, and
+    its output equals the converter's model (LiteRT, builtin kernels) to float rounding."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from xcit_edge.backends.tflite import float_model
+    from xcit_edge.backends.tflite_rewrite import integer_friendly, verify
+    from xcit_edge.graph import prepare
+
+    plain = float_model(prepare(fixture_dir))
+    rewritten, made = integer_friendly(plain)
+    ops = {op["op_name"] for op in Interpreter(
+        model_content=rewritten, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )._get_ops_details()}
+    assert made["neg_to_mul"] > 0 and made["squared_difference_to_sub_mul"] > 0, made
+    assert not ops & {"NEG", "SQUARED_DIFFERENCE"}, ops
+    for seed in range(3):
+        assert verify(plain, rewritten, seed) <= 1e-6
+
+
 def _unrunnable_copy(fixture_artifacts, where: Path) -> Path:
     """The tflite-int8 artifact with an input shape its weights cannot take, its manifest's hashes updated: a
     well-formed artifact that LiteRT with default options refuses to prepare."""

@@ -121,7 +121,8 @@ def convert_within_drop(mod: ModuleType, spec: TargetSpec, graph, calib: np.ndar
         conv = mod.convert_within_drop(graph, spec, calib, check.targets, max_drop, workdir)
         drop = _measure(mod, spec, workdir, check)
         steps.append({"method": method, "drop": round(drop, 3)})
-    elif drop > max_drop and hasattr(mod, "quantized_layers"):
+    elif drop > max_drop and hasattr(mod, "quantized_layers") and mod.quantized_layers(graph, spec):
+        # (none for a target that must stay all-integer: the drop is reported as measured)
         method = "greedy over layer groups by measured drop"
         relaxed, spec, drop = _greedy(mod, spec, graph, calib, workdir, max_drop, check, steps)
         conv = relaxed or conv
