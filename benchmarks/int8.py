@@ -74,10 +74,15 @@ def latency(iterations: int, work: Path) -> None:
     from xcit_edge.targets import all_targets
 
     build("xcit_nano_12_p16_224", work / "nano", weights=work / "nano.safetensors", force=True)
-    names = sorted(all_targets())
-    arts = _convert(work / "nano", names, work / "nano-art", None)
+    names = sorted(set(all_targets()) - NPU)
+    arts = _convert(work / "nano", sorted(all_targets()), work / "nano-art", None)
     result = bench([arts[n].path for n in names], BenchOptions(threads=(2,), iterations=iterations, memory=False))
     ms = {t.name: t.median_ms for t in result.timings}
+    # the NPU target on a CPU (builtin integer kernels, ~40x float) in a run of its own: taking turns with
+    # the CPU targets, its long calls changed their ratios by a few hundredths (measured)
+    npu = bench([arts[n].path for n in ("tflite-fp16", *sorted(NPU))],
+                BenchOptions(threads=(2,), iterations=max(5, iterations // 6), memory=False))
+    npu_ms = {t.name: t.median_ms for t in npu.timings}
     print(f"\nnano p16 224 (seeded timm weights), batch 1, 2 threads, {iterations} timed calls each, "
           "round-robin (one run)")
     print(f"{'artifact':20s} {'median ms':>9s} {'float artifact':>15s} {'x float':>8s}  goal")
@@ -87,12 +92,12 @@ def latency(iterations: int, work: Path) -> None:
             print(f"{n:20s} {ms[n]:9.2f}")
             continue
         ratio = ms[n] / ms[base]
-        if n in NPU:
-            print(f"{n:20s} {ms[n]:9.2f} {base:>15s} {ratio:8.2f}  none (NPU target, CPU builtin kernels)")
-            continue
         goal = LATENCY_GOAL.get(all_targets()[n].backend, 0.8 if _vnni(result.machine) else 1.1)
         print(f"{n:20s} {ms[n]:9.2f} {base:>15s} {ratio:8.2f}  <= {goal} {'met' if ratio <= goal else 'MISSED'}")
-    for n in names:
+    for n in sorted(NPU):
+        print(f"{n:20s} {npu_ms[n]:9.2f} {'tflite-fp16':>15s} {npu_ms[n] / npu_ms['tflite-fp16']:8.2f}  none (NPU "
+              "target: on this CPU, LiteRT's builtin int16 kernels; a run of its own)")
+    for n in sorted(all_targets()):
         if all_targets()[n].backend == "tflite":
             d = json.loads((arts[n].path / "manifest.json").read_text())["runtime_defaults"]
             print(f"XNNPACK {n}: {d['xnnpack_partitions']} partitions, {d['builtin_nodes']} of {d['nodes']} nodes "

@@ -229,11 +229,11 @@ def _progress_to_debug_log():
         log.debug("ai-edge-quantizer: %s", text.splitlines()[-1])
 
 
-def _aeq_quantize(graph, spec, calib: np.ndarray | None) -> bytes:
+def _aeq_quantize(graph, spec, calib: np.ndarray | None, recipe: list[dict]) -> bytes:
     from ai_edge_quantizer import quantizer
 
     q = quantizer.Quantizer(float_model(graph, integer_friendly=spec.mode == "aeq-full"))
-    q.load_quantization_recipe(aeq_recipe(spec, small_layers(graph, spec)))
+    q.load_quantization_recipe(recipe)
     try:
         with _progress_to_debug_log():
             result = None
@@ -269,7 +269,8 @@ def _converter_quantize(graph, spec, calib: np.ndarray | None) -> bytes:
 
 def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     aeq = spec.mode in AEQ_MODES
-    data = _aeq_quantize(graph, spec, calib) if aeq else _converter_quantize(graph, spec, calib)
+    recipe = aeq_recipe(spec, small_layers(graph, spec)) if aeq else None
+    data = _aeq_quantize(graph, spec, calib, recipe) if aeq else _converter_quantize(graph, spec, calib)
     out = workdir / spec.file
     out.write_bytes(data)
     ops = op_types(out)
@@ -281,7 +282,7 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
         raise ConversionError(f"{spec.name}: ops left in float after full-integer quantization: {', '.join(kept)}")
     details = {"ops": ops, "xca_blocks": xca_blocks(out)}  # how XNNPACK takes it: the manifest's runtime_defaults
     if aeq:
-        details["quantizer"] = {"library": "ai-edge-quantizer", "recipe": aeq_recipe(spec, small_layers(graph, spec))}
+        details["quantizer"] = {"library": "ai-edge-quantizer", "recipe": recipe}
     return Conversion([spec.file], kept, details)
 
 

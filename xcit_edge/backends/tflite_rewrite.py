@@ -52,12 +52,16 @@ class _Model:
                                                               builtinCode=builtin))
         return len(self.model.operatorCodes) - 1
 
+    def buffer(self, value: np.ndarray) -> int:
+        """A new buffer holding `value` as float32; returns its index."""
+        data = np.ascontiguousarray(value, dtype=np.float32).tobytes()
+        self.model.buffers.append(self.fb.BufferT(data=np.frombuffer(data, np.uint8)))
+        return len(self.model.buffers) - 1
+
     def constant(self, name: str, value: np.ndarray) -> int:
         """A new float32 constant tensor; returns its index."""
-        value = np.ascontiguousarray(value, dtype=np.float32)
-        self.model.buffers.append(self.fb.BufferT(data=np.frombuffer(value.tobytes(), np.uint8)))
-        self.sub.tensors.append(self.fb.TensorT(shape=list(value.shape), type=self.fb.TensorType.FLOAT32,
-                                                buffer=len(self.model.buffers) - 1, name=name))
+        self.sub.tensors.append(self.fb.TensorT(shape=list(np.shape(value)), type=self.fb.TensorType.FLOAT32,
+                                                buffer=self.buffer(value), name=name))
         return len(self.sub.tensors) - 1
 
     def value(self, index: int) -> np.ndarray | None:
@@ -70,9 +74,7 @@ class _Model:
 
     def make_constant(self, index: int, value: np.ndarray) -> None:
         """Turn tensor `index` (an op's output) into a constant holding `value`."""
-        value = np.ascontiguousarray(value, dtype=np.float32)
-        self.model.buffers.append(self.fb.BufferT(data=np.frombuffer(value.tobytes(), np.uint8)))
-        self.sub.tensors[index].buffer = len(self.model.buffers) - 1
+        self.sub.tensors[index].buffer = self.buffer(value)
 
     def bytes(self) -> bytes:
         return bytes(self.fu.convert_object_to_bytearray(self.model))
