@@ -196,8 +196,8 @@ def test_integer_friendly_rewrites_are_exact(fixture_dir):
     ops = {op["op_name"] for op in Interpreter(
         model_content=rewritten, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     )._get_ops_details()}
-    assert made["neg_to_mul"] > 0 and made["squared_difference_to_sub_mul"] > 0, made
-    assert not ops & {"NEG", "SQUARED_DIFFERENCE"}, ops
+    assert made["neg_to_mul"] > 0 and made["squared_difference_to_sub_mul"] > 0 and made["folded_constants"] > 0
+    assert not ops & {"NEG", "SQUARED_DIFFERENCE", "ZEROS_LIKE"}, ops
     for seed in range(3):
         assert verify(plain, rewritten, seed) <= 1e-6
 
