@@ -25,7 +25,6 @@ import numpy as np
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "xcit_fixture_4_p8_64.safetensors"
 FLOAT_OF = {"tflite-int8": "tflite-fp16", "tflite-dynamic-int8": "tflite-fp16", "onnx-int8": "onnx",
             "openvino-int8": "openvino", "tflite-16x8-full": "tflite-fp16"}
-NPU = {"tflite-16x8-full"}  # made for NPUs: on a CPU it runs on LiteRT's builtin int16 kernels (no goal)
 LATENCY_GOAL = {"tflite": 0.6, "openvino": 0.6}
 
 
@@ -74,13 +73,15 @@ def latency(iterations: int, work: Path) -> None:
     from xcit_edge.targets import all_targets
 
     build("xcit_nano_12_p16_224", work / "nano", weights=work / "nano.safetensors", force=True)
-    names = sorted(set(all_targets()) - NPU)
+    # made for NPUs (every op integer): on a CPU it runs on LiteRT's builtin int16 kernels (no goal)
+    npu_targets = sorted(n for n, spec in all_targets().items() if spec.mode == "aeq-full")
+    names = sorted(set(all_targets()) - set(npu_targets))
     arts = _convert(work / "nano", sorted(all_targets()), work / "nano-art", None)
     result = bench([arts[n].path for n in names], BenchOptions(threads=(2,), iterations=iterations, memory=False))
     ms = {t.name: t.median_ms for t in result.timings}
     # the NPU target on a CPU (builtin integer kernels, ~40x float) in a run of its own: taking turns with
     # the CPU targets, its long calls changed their ratios by a few hundredths (measured)
-    npu = bench([arts[n].path for n in ("tflite-fp16", *sorted(NPU))],
+    npu = bench([arts[n].path for n in ("tflite-fp16", *npu_targets)],
                 BenchOptions(threads=(2,), iterations=max(5, iterations // 6), memory=False))
     npu_ms = {t.name: t.median_ms for t in npu.timings}
     print(f"\nnano p16 224 (seeded timm weights), batch 1, 2 threads, {iterations} timed calls each, "
@@ -94,7 +95,7 @@ def latency(iterations: int, work: Path) -> None:
         ratio = ms[n] / ms[base]
         goal = LATENCY_GOAL.get(all_targets()[n].backend, 0.8 if _vnni(result.machine) else 1.1)
         print(f"{n:20s} {ms[n]:9.2f} {base:>15s} {ratio:8.2f}  <= {goal} {'met' if ratio <= goal else 'MISSED'}")
-    for n in sorted(NPU):
+    for n in npu_targets:
         print(f"{n:20s} {npu_ms[n]:9.2f} {'tflite-fp16':>15s} {npu_ms[n] / npu_ms['tflite-fp16']:8.2f}  none (NPU "
               "target: on this CPU, LiteRT's builtin int16 kernels; a run of its own)")
     for n in sorted(all_targets()):

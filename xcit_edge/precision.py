@@ -80,9 +80,10 @@ def _group_count(graph) -> int:
 
 
 def _greedy(mod: ModuleType, spec: TargetSpec, graph, calib: np.ndarray, workdir: Path, max_drop: float,
-            check: DropCheck, steps: list[dict]) -> tuple[Conversion | None, TargetSpec, float]:
-    """Each group in float alone, measured; then the best groups in float together until the drop holds."""
-    blocks = groups(mod.quantized_layers(graph, spec), _group_count(graph))
+            check: DropCheck, steps: list[dict], layers: list[str]) -> tuple[Conversion | None, TargetSpec, float]:
+    """Each group of `layers` (the quantized ones, in graph order) in float alone, measured; then the best
+    groups in float together until the drop holds."""
+    blocks = groups(layers, _group_count(graph))
     effect = []
     for i, group in enumerate(blocks):
         mod.convert(graph, _with_float(spec, group), calib, workdir)
@@ -104,6 +105,12 @@ def _greedy(mod: ModuleType, spec: TargetSpec, graph, calib: np.ndarray, workdir
     return conv, _with_float(spec, kept), drop
 
 
+def _relaxable(mod: ModuleType, graph, spec: TargetSpec) -> list[str]:
+    """The layers the backend could give back to float, in graph order: none for a backend without layer
+    selection, or a target that must stay all-integer (its drop is then reported as measured)."""
+    return mod.quantized_layers(graph, spec) if hasattr(mod, "quantized_layers") else []
+
+
 def convert_within_drop(mod: ModuleType, spec: TargetSpec, graph, calib: np.ndarray, workdir: Path,
                         max_drop: float, check: DropCheck) -> tuple[Conversion, TargetSpec, dict]:
     """Convert, measure, relax until the drop is at most `max_drop` points.
@@ -121,10 +128,9 @@ def convert_within_drop(mod: ModuleType, spec: TargetSpec, graph, calib: np.ndar
         conv = mod.convert_within_drop(graph, spec, calib, check.targets, max_drop, workdir)
         drop = _measure(mod, spec, workdir, check)
         steps.append({"method": method, "drop": round(drop, 3)})
-    elif drop > max_drop and hasattr(mod, "quantized_layers") and mod.quantized_layers(graph, spec):
-        # (none for a target that must stay all-integer: the drop is reported as measured)
+    elif drop > max_drop and (layers := _relaxable(mod, graph, spec)):
         method = "greedy over layer groups by measured drop"
-        relaxed, spec, drop = _greedy(mod, spec, graph, calib, workdir, max_drop, check, steps)
+        relaxed, spec, drop = _greedy(mod, spec, graph, calib, workdir, max_drop, check, steps, layers)
         conv = relaxed or conv
     record = {"max_drop": max_drop, "measured_drop": round(drop, 3), "basis": check.basis, "held": drop <= max_drop,
               "method": method, "kept_nodes": list(spec.quantization.get("keep_nodes", [])), "steps": steps}

@@ -186,7 +186,9 @@ def _rule(regex: str, operation: str, config: dict) -> dict:
 
 def _weighted_layers(graph, spec) -> list[tuple[str, int]]:
     """(output tensor name, weight elements) of each op of the spec's `ops` in the float model, in
-    execution order."""
+    execution order; none for a mode that quantizes every op (`aeq-full`) or is not ai-edge-quantizer's."""
+    if spec.mode not in AEQ_MODES or spec.mode == "aeq-full":
+        return []
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     interp = Interpreter(model_content=float_model(graph),
@@ -204,8 +206,6 @@ def small_layers(graph, spec) -> list[str]:
     `min_weight_elements` elements (ai-edge-quantizer 0.10's own `min_weight_elements` option fails in
     static mode: AttributeError on a missing activation scale, measured; a `no_quantize` rule does not)."""
     least = int(spec.quantization.get("min_weight_elements", 0))
-    if spec.mode not in AEQ_MODES or spec.mode == "aeq-full":
-        return []
     return [name for name, n in _weighted_layers(graph, spec) if n < least]
 
 
@@ -213,10 +213,8 @@ def quantized_layers(graph, spec) -> list[str]:
     """The layers an ai-edge-quantizer spec quantizes (output tensor names, in execution order): what
     `convert --max-drop` can give back to float (`keep_nodes`). None for `aeq-full`: every op of an
     NPU model stays integer."""
-    if spec.mode not in AEQ_MODES or spec.mode == "aeq-full":
-        return []
-    small = set(small_layers(graph, spec))
-    return [name for name, _ in _weighted_layers(graph, spec) if name not in small]
+    least = int(spec.quantization.get("min_weight_elements", 0))
+    return [name for name, n in _weighted_layers(graph, spec) if n >= least]
 
 
 @contextlib.contextmanager
