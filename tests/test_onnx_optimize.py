@@ -84,6 +84,17 @@ def test_optimize_never_changes_what_the_model_computes(root):
     assert report["layernorm"] == (1 if root == "Sqrt" else 0)
 
 
+def test_optimize_skip_leaves_out_the_named_rewrite_and_refuses_unknown_names():
+    """`optimize_skip` in a target's TOML switches a rewrite off (issue 21: measured both ways per CPU)."""
+    from xcit_edge.errors import XcitEdgeError
+
+    model, report = optimize(_layernorm_model(), skip=("layernorm",))
+    assert report["layernorm"] == 0
+    assert "LayerNormalization" not in {n.op_type for n in model.graph.node}
+    with pytest.raises(XcitEdgeError, match=r"unknown ONNX rewrite.*layer_norm"):
+        optimize(_layernorm_model(), skip=("layer_norm",))
+
+
 def _model(nodes, inits, x_shape, y_shape) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],

@@ -36,6 +36,7 @@ import logging
 
 import numpy as np
 
+from xcit_edge.errors import XcitEdgeError
 from xcit_edge.metrics import rel_max_err
 
 log = logging.getLogger(__name__)
@@ -445,9 +446,14 @@ REWRITES = ("tensordot_folded", "pads_into_conv", "layernorm", "scales_folded", 
 
 def optimize(model, skip: tuple[str, ...] = ()) -> tuple[object, dict]:
     """Every rewrite (but those named in `skip`, for measuring one off), kept only if the whole model still
-    computes the same on the probe."""
+    computes the same on the probe. `skip` comes from a target's `optimize_skip`: a misspelt name would
+    silently measure nothing, so unknown names are refused."""
     import onnx
 
+    unknown = sorted(set(skip) - set(REWRITES))
+    if unknown:
+        raise XcitEdgeError(f"optimize_skip: unknown ONNX rewrite(s) {', '.join(unknown)} "
+                            f"(known: {', '.join(REWRITES)})")
     original = onnx.ModelProto()
     original.CopyFrom(model)
     counts = {}
