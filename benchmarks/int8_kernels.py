@@ -1,6 +1,6 @@
 """How much faster int8 matmuls are than fp32 ones in each runtime, on this CPU: the ceiling for every int8 target.
 
-    python benchmarks/int8_kernels.py [--iterations 200] [--runs 3]
+    python benchmarks/int8_kernels.py [--iterations 600]
 
 An int8 artifact can only be as much faster than its float one as the runtime's int8 matmul kernels are
 faster than its fp32 ones; everything else the model runs (LayerNorm, softmax, GELU, quantize/dequantize)
@@ -10,13 +10,14 @@ the int8 targets use:
 
 - LiteRT (XNNPACK, default options): TFLite converter, static int8 (per-channel weights, per-tensor
   activations) and dynamic range (int8 weights, activations quantized per call by XNNPACK's qd8 kernels);
-- ONNX Runtime (default session): `quantize_dynamic` with per-channel weights and `reduce_range`, as
+- ONNX Runtime (the session `xcit-edge bench` opens): `quantize_dynamic` with per-channel weights and `reduce_range`, as
   `onnx-int8`;
-- OpenVINO CPU: `nncf.quantize` (transformer model type), as `openvino-int8`.
+- OpenVINO CPU (compiled as `bench` compiles it): `nncf.quantize` (transformer model type), as `openvino-int8`.
 
 Without int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, Arm dotprod) an x86 int8 multiply-add goes
 through 16-bit products (`vpmaddubsw` / `vpmaddwd`), so the int8 speed-up over AVX2 FMA is small; with them it
-is 2-4x. Each ratio is int8 over fp32 measured in one run, median of `--runs` alternations.
+is 2-4x. Each ratio is the int8 median over the fp32 median, the two taking turns of 5 calls
+(`xcit_edge.bench.time_round_robin`, as `xcit-edge bench` does), so drift on a shared machine hits both alike.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.bench import machine_line
+from xcit_edge.bench import BenchOptions, machine_line, time_round_robin
 
 TOKENS = 197
 WIDTHS = (128, 384, 128, 512, 128)  # qkv-like widen, back, fc1-like widen, back
@@ -52,15 +52,11 @@ def _calibration() -> list[np.ndarray]:
     return [_input(seed) for seed in range(100, 116)]
 
 
-def _median_ms(call: Callable[[], object], iterations: int) -> float:
-    for _ in range(10):
-        call()
-    times = []
-    for _ in range(iterations):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+def medians_taking_turns(calls: list[Callable[[], object]], iterations: int) -> list[float]:
+    """Median ms of each call, the calls taking turns (the project's round-robin timer)."""
+    opts = BenchOptions(warmup=10, iterations=iterations, turn=5, memory=False)
+    times = time_round_robin([(lambda _x, call=call: call(), None) for call in calls], opts)
+    return [float(np.median(t)) for t in times]
 
 
 def _tflite(weights: list[np.ndarray], mode: str) -> Callable[[], object]:
@@ -101,8 +97,9 @@ def _onnx_model(weights: list[np.ndarray], path: Path) -> None:
 
 
 def _ort(weights: list[np.ndarray], mode: str, work: Path) -> Callable[[], object]:
-    import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from xcit_edge.backends import onnx as onnx_backend
 
     path = work / "stack.onnx"
     if not path.exists():
@@ -112,9 +109,7 @@ def _ort(weights: list[np.ndarray], mode: str, work: Path) -> Callable[[], objec
         quantize_dynamic(str(path), str(quantized), op_types_to_quantize=["MatMul"], per_channel=True,
                          reduce_range=True, weight_type=QuantType.QInt8)
         path = quantized
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = THREADS
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = onnx_backend.load(path, threads=THREADS)  # the session `bench` times: no spin-waiting between turns
     feed = {"x": _input()}
     return lambda: session.run(None, feed)
 
@@ -122,46 +117,49 @@ def _ort(weights: list[np.ndarray], mode: str, work: Path) -> Callable[[], objec
 def _openvino(weights: list[np.ndarray], mode: str, work: Path) -> Callable[[], object]:
     import openvino as ov
 
+    from xcit_edge.backends import openvino as openvino_backend
+
     path = work / "stack.onnx"
     if not path.exists():
         _onnx_model(weights, path)
-    model = ov.Core().read_model(str(path))
     if mode == "int8":
         import nncf
 
-        model = nncf.quantize(model, nncf.Dataset(_calibration()), model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=16)
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": THREADS,
-                                                      "PERFORMANCE_HINT": "LATENCY"})
+        model = nncf.quantize(ov.Core().read_model(str(path)), nncf.Dataset(_calibration()),
+                              model_type=nncf.ModelType.TRANSFORMER, subset_size=16)
+        path = work / "stack-int8.xml"
+        ov.save_model(model, str(path), compress_to_fp16=False)
+    compiled = openvino_backend.load(path, threads=THREADS)
+    if mode == "int8":  # that the int8 FullyConnected kernels run, not a float fallback
+        kinds = {op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ops()
+                 if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"}
+        print(f"OpenVINO int8: FullyConnected nodes execute in {', '.join(sorted(kinds))}")
     request, x = compiled.create_infer_request(), _input()
     return lambda: request.infer([x])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=600)
     args = parser.parse_args()
     print(machine_line())
     weights = _weights()
     macs = sum(w.shape[0] * w.shape[1] for w in weights) * TOKENS
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        tflite_fp32 = _tflite(weights, "fp32")
         pairs = {
-            "LiteRT static int8": (_tflite(weights, "fp32"), _tflite(weights, "int8")),
-            "LiteRT dynamic int8 (qd8)": (_tflite(weights, "fp32"), _tflite(weights, "dynamic")),
+            "LiteRT static int8": (tflite_fp32, _tflite(weights, "int8")),
+            "LiteRT dynamic int8 (qd8)": (tflite_fp32, _tflite(weights, "dynamic")),
             "ONNX Runtime quantize_dynamic": (_ort(weights, "fp32", work), _ort(weights, "int8", work)),
             "OpenVINO NNCF int8": (_openvino(weights, "fp32", work), _openvino(weights, "int8", work)),
         }
         print(f"\n{len(weights)} matmuls, {TOKENS} tokens, widths {WIDTHS}, {macs / 1e6:.0f} M MACs, "
-              f"{THREADS} threads, median of {args.iterations} calls, {args.runs} alternations")
+              f"{THREADS} threads, medians of {args.iterations} calls, fp32 and int8 taking turns")
         print(f"{'runtime / int8 scheme':32} {'fp32 ms':>8} {'GFLOP/s':>8} {'int8 ms':>8} {'int8 / fp32':>12}")
         for name, (fp32, int8) in pairs.items():
-            runs = [(_median_ms(fp32, args.iterations), _median_ms(int8, args.iterations)) for _ in range(args.runs)]
-            f_ms = float(np.median([f for f, _ in runs]))
-            q_ms = float(np.median([q for _, q in runs]))
-            ratio = float(np.median([q / f for f, q in runs]))
-            print(f"{name:32} {f_ms:8.3f} {2 * macs / f_ms / 1e6:8.0f} {q_ms:8.3f} {ratio:12.2f}")
+            f_ms, q_ms = medians_taking_turns([fp32, int8], args.iterations)
+            print(f"{name:32} {f_ms:8.3f} {2 * macs / f_ms / 1e6:8.0f} {q_ms:8.3f} {q_ms / f_ms:12.2f}")
 
 
 if __name__ == "__main__":

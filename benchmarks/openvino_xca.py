@@ -10,7 +10,8 @@
    transpose_b) and a channel-major one ((B, h, d, N); G = q·kᵀ; out = A·v), which is what OpenVINO's MHA
    tokenizer takes into one `Subgraph` kernel: its `TokenizeMHASnippets` refuses a first MatMul with
    transpose_a and a second with either transpose (openvinotoolkit/openvino,
-   src/common/snippets/src/pass/mha_tokenization.cpp). Prints max |difference| and medians of 300 calls.
+   src/common/snippets/src/pass/mha_tokenization.cpp). Prints max |difference| and medians of 300 calls,
+   the two forms taking turns.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import collections
 from pathlib import Path
 
 import numpy as np
-from int8_kernels import _median_ms  # benchmarks/ is on the path when a script in it runs
+from int8_kernels import medians_taking_turns  # benchmarks/ is on the path when a script in it runs
 
 from xcit_edge.bench import machine_line
 
@@ -114,7 +115,8 @@ def core_table(blocks: int = 12) -> None:
     a, b = outs.values()
     print(f"max |difference| {np.abs(a - b).max():.2e} (largest output {np.abs(a).max():.2f})")
     for _ in range(3):
-        print("  ".join(f"{n} {_median_ms(lambda r=r: r.infer([x]), 300):.3f} ms" for n, r in runs.items()))
+        ms = medians_taking_turns([lambda r=r: r.infer([x]) for r in runs.values()], 300)
+        print("  ".join(f"{n} {t:.3f} ms" for n, t in zip(runs, ms, strict=True)))
 
 
 def main() -> None:
