@@ -24,7 +24,8 @@ import numpy as np
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "xcit_fixture_4_p8_64.safetensors"
 FLOAT_OF = {"tflite-int8": "tflite-fp16", "tflite-dynamic-int8": "tflite-fp16", "onnx-int8": "onnx",
-            "openvino-int8": "openvino", "tflite-16x8-full": "tflite-fp16"}
+            "openvino-int8": "openvino", "tflite-16x8-full": "tflite-fp16",
+            "tflite-int8-full": "tflite-fp16"}
 LATENCY_GOAL = {"tflite": 0.6, "openvino": 0.6}
 
 

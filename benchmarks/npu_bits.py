@@ -5,7 +5,8 @@
 Builds the trained fixture and its quantization stress variant (`xcit_edge/model/stress.py`), converts each
 with the `tflite-16x8-full` recipe (every op integer, ai-edge-quantizer) under activation policies, from int8
 everywhere (int16 only in XCA's L2 normalization, without which LiteRT's int8 DIV refuses a divisor
-quantized to zero) to int16 everywhere (the shipped target), and reports accuracy, drop, top-1 agreement
+quantized to zero) to int16 everywhere (`tflite-16x8-full`), with int8 activations on LayerNorm-equalized models
+(`tflite-int8-full`: `backends/tflite_equalize.py`) between them, and reports accuracy, drop, top-1 agreement
 and cosine against the float32 source on held-out images (seed 11; calibration seed 10). Every int8 target
 promises cosine >= 0.99 and a drop <= 1 point on both fixtures.
 """
@@ -21,13 +22,14 @@ from int8_policy import FIXTURE, _row, _run
 
 XCA_NORM = (r".*xcit_edge/xca_\d+/(q_sq|k_sq|q_sumsq|k_sumsq|q_l2|k_l2|q_norm|k_norm|q_norm_col|q_scale|k_scale|"
             r"gram|gram_rows|logits)")
-POLICIES = {  # name -> (activation bits, int16 layer regexes)
-    "int8, int16 in XCA's L2 norm": (8, [XCA_NORM]),
-    "... + LayerNorms int16": (8, [XCA_NORM, r".*/norm\d?_1/.*"]),
-    "... + LPI (norm3, local_mp) int16": (8, [XCA_NORM, r".*(norm3_1|local_mp_1).*"]),
-    "... + class attention, head int16": (8, [XCA_NORM, r".*(cls_attn|head|/norm_1/|Identity).*"]),
-    "... + patch blocks int16": (8, [XCA_NORM, r".*blocks\.\d+_1/.*"]),
-    "int16 everywhere (tflite-16x8-full)": (16, []),
+POLICIES = {  # name -> (activation bits, int16 layer regexes, LayerNorms equalized)
+    "int8, int16 in XCA's L2 norm": (8, [XCA_NORM], False),
+    "... + LayerNorms int16": (8, [XCA_NORM, r".*/norm\d?_1/.*"], False),
+    "... + LPI (norm3, local_mp) int16": (8, [XCA_NORM, r".*(norm3_1|local_mp_1).*"], False),
+    "... + class attention, head int16": (8, [XCA_NORM, r".*(cls_attn|head|/norm_1/|Identity).*"], False),
+    "... + patch blocks int16": (8, [XCA_NORM, r".*blocks\.\d+_1/.*"], False),
+    "int8, XCA norm int16, LNs equalized (tflite-int8-full)": (8, [XCA_NORM], True),
+    "int16 everywhere (tflite-16x8-full)": (16, [], False),
 }
 
 
@@ -69,9 +71,9 @@ def _policies(graph, model: str, data, tmp: Path) -> None:
 
     calib, x, ref, labels = data
     base = all_targets()["tflite-16x8-full"]
-    for i, (name, (bits, int16)) in enumerate(POLICIES.items()):
+    for i, (name, (bits, int16, equalize)) in enumerate(POLICIES.items()):
         spec = dataclasses.replace(base, quantization={**base.quantization, "activation_bits": bits,
-                                                       "int16_layers": int16})
+                                                       "int16_layers": int16, "equalize_layernorms": equalize})
         d = tmp / str(i)
         d.mkdir(parents=True)
         tflite.convert(graph, spec, calib, d)

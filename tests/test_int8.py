@@ -3,6 +3,7 @@ target TOMLs) on the trained fixture and on the quantization stress fixture, mea
 artifact runs with its runtime's default options; the manifest says how it was quantized."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from xcit_edge.backends import backend
 from xcit_edge.calibration import normalize
 from xcit_edge.metrics import agreement, failures
 from xcit_edge.preprocessing import timm_default
+from xcit_edge.synthetic import make_images
 from xcit_edge.targets import all_targets
 from xcit_edge.zoo import FIXTURE
 
@@ -78,12 +80,18 @@ def test_stress_weights_keep_the_function_and_spread_the_channels(timm_fixture, 
 
 
 @pytest.fixture(scope="module")
-def stress_artifacts(stress_weights_file, calib_npz, tmp_path_factory):
-    base = tmp_path_factory.mktemp("stress-art")
-    model = base / "stress"
+def stress_model(stress_weights_file, tmp_path_factory):
+    """The stress fixture as our SavedModel."""
+    model = tmp_path_factory.mktemp("stress-model") / "stress"
     res = run("--quiet", "build", FIXTURE.name, "--weights", stress_weights_file, "--out", model)
     assert res.exit_code == 0, res.output
-    res = run("--quiet", "convert", model, "--target", ",".join(INT8), "--out", base / "out",
+    return model
+
+
+@pytest.fixture(scope="module")
+def stress_artifacts(stress_model, calib_npz, tmp_path_factory):
+    base = tmp_path_factory.mktemp("stress-art")
+    res = run("--quiet", "convert", stress_model, "--target", ",".join(INT8), "--out", base / "out",
               "--calibration", calib_npz, "--json")
     assert res.exit_code == 0, res.output
     return {a["target"]: a for a in json.loads(res.stdout)["artifacts"]}
@@ -164,22 +172,68 @@ def test_an_artifact_the_default_runtime_cannot_run_fails_its_target(fixture_art
         _run_with_defaults(all_targets()["tflite-int8"], bad)
 
 
-def test_the_npu_target_has_every_op_integer(fixture_artifacts):
-    """tflite-16x8-full: integer input and output, every op's output an integer tensor (int16 activations),
-    nothing left in float, and stock LiteRT runs it with default options (builtin integer kernels)."""
+@pytest.mark.parametrize(("target", "activation"), [("tflite-16x8-full", np.int16), ("tflite-int8-full", np.int8)])
+def test_the_npu_targets_have_every_op_integer(fixture_artifacts, target, activation):
+    """Integer input and output, every op's output an integer tensor, nothing left in float, and stock LiteRT
+    runs it with default options. tflite-16x8-full: int16 activations; tflite-int8-full: int8, int16 only in
+    XCA's L2 normalization (the fused emitter's names), its LayerNorms equalized."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    art = Path(fixture_artifacts["tflite-16x8-full"]["path"])
+    art = Path(fixture_artifacts[target]["path"])
     man = json.loads((art / "manifest.json").read_text())
     assert man["kept_float"] == [] and man["runtime_defaults"]["nodes"] > 0
-    assert man["backend_details"]["quantizer"]["recipe"][0]["op_config"]["activation_tensor_config"]["num_bits"] == 16
+    recipe = man["backend_details"]["quantizer"]["recipe"]
+    assert recipe[0]["op_config"]["activation_tensor_config"]["num_bits"] == np.iinfo(activation).bits
     interp = Interpreter(model_path=str(art / "model.tflite"),
                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    assert interp.get_input_details()[0]["dtype"] == np.int16 and interp.get_output_details()[0]["dtype"] == np.int16
-    floats = [op["op_name"] for op in interp._get_ops_details()
-              if any(np.issubdtype(tensors[o]["dtype"], np.floating) for o in op["outputs"])]
-    assert floats == []
+    assert interp.get_input_details()[0]["dtype"] == activation
+    assert interp.get_output_details()[0]["dtype"] == activation
+    outputs = [tensors[o] for op in interp._get_ops_details() for o in op["outputs"]]
+    assert [t["name"] for t in outputs if np.issubdtype(t["dtype"], np.floating)] == []
+    wide = [t["name"] for t in outputs if t["dtype"] == np.int16 and activation == np.int8]
+    assert all("xcit_edge/xca_" in name for name in wide), wide
+    assert man["backend_details"].get("layernorms_equalized", 0) == (13 if activation == np.int8 else 0)
+
+
+def _channel_spread(data: bytes, tensor: int, x: np.ndarray) -> float:
+    from xcit_edge.backends.tflite_equalize import channel_ranges
+
+    lo, hi = channel_ranges(data, [tensor], x)[tensor]
+    return float((hi - lo).max() / (hi - lo).min())
+
+
+def test_layernorm_equalization_evens_the_channels_and_keeps_the_function(stress_model, timm_stress, held_out):
+    """On the stress fixture's float TFLite model: the 12 patch-block LayerNorms and the final one (not the
+    class-attention ones, whose outputs feed the residual stream) are folded; on held-out images (not the
+    calibration ones) their channel ranges are far closer after, and the model still computes timm's function."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from xcit_edge.backends import tflite
+    from xcit_edge.backends.tflite_equalize import equalize_layernorms, find_layernorms
+    from xcit_edge.backends.tflite_rewrite import compare
+    from xcit_edge.graph import prepare
+    from xcit_edge.metrics import agreement
+
+    graph = prepare(stress_model)
+    data = tflite.float_model(graph, integer_friendly=True)
+    lns = find_layernorms(data)
+    names = [t["name"] for t in Interpreter(model_content=data).get_tensor_details()]
+    folded = sorted(re.search(r"(blocks\.\d+_1/norm\d|/norm)_1/", names[ln.output]).group(1) for ln in lns)
+    assert folded == sorted([f"blocks.{b}_1/norm{n}" for b in range(4) for n in (1, 2, 3)] + ["/norm"]), folded
+    calib = normalize(make_images(64, FIXTURE.img_size, seed=10)[0], PRE)
+    out, count = equalize_layernorms(data, calib)
+    assert count == 13
+    x = normalize(held_out[0][:100], PRE)
+    for ln in lns[:3]:  # norm1, norm3, norm2 of the first block, each with 4 channels scaled 10-50x
+        assert _channel_spread(data, ln.output, x) >= 10 * _channel_spread(out, ln.output, x)
+    err, scale = compare(data, out)
+    assert err <= 1e-5 * scale
+    interp = Interpreter(model_content=out,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    got = tflite.run(interp, x)
+    assert agreement(got, timm_forward(timm_stress, x), held_out[1][:100])["cosine_mean"] >= 0.99999
 
 
 def test_integer_friendly_rewrites_are_exact(fixture_dir):

@@ -18,7 +18,9 @@ arithmetic that XNNPACK refused to prepare: measured). Modes:
   (8, or 16: LiteRT's 16x8 scheme), int16 activations for the layers matching the spec's
   `int16_layers` regexes (where int8 cannot hold the range), int8 weights per channel. The float
   model first gets the exact rewrites of `tflite_rewrite` (ops ai-edge-quantizer has no integer
-  form for); a converted model with any float op left fails the target.
+  form for) and, with `equalize_layernorms`, `tflite_equalize`'s LayerNorm channel equalization
+  on the first calibration images (exact in float, checked); a converted model with any float op
+  left fails the target.
 What really stayed float is read back from the converted model, not assumed.
 
 Every artifact carries a `serving_default` signature (input `input`, output `output`): LiteRT's
@@ -38,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.backends import Conversion, tflite_rewrite
+from xcit_edge.backends import Conversion, tflite_equalize, tflite_rewrite
 from xcit_edge.errors import ConversionError, XcitEdgeError, first_line
 from xcit_edge.graph.xca import block_exits, count_blocks
 
@@ -227,10 +229,32 @@ def _progress_to_debug_log():
         log.debug("ai-edge-quantizer: %s", text.splitlines()[-1])
 
 
-def _aeq_quantize(graph, spec, calib: np.ndarray | None, recipe: list[dict]) -> bytes:
+EQUALIZE_IMAGES = 64  # calibration images whose per-channel ranges set the LayerNorm equalization
+
+
+def _equalized(model: bytes, calib: np.ndarray | None, name: str) -> tuple[bytes, int]:
+    """The float model with its LayerNorms equalized (`tflite_equalize`) on the first calibration images,
+    checked against the model it came from: the fold is exact up to float rounding."""
+    if calib is None or not len(calib):
+        raise XcitEdgeError(f"{name} needs calibration data (--calibration)")
+    folded, count = tflite_equalize.equalize_layernorms(model, calib[:EQUALIZE_IMAGES])
+    err, scale = max(tflite_rewrite.compare(model, folded, seed) for seed in range(2))
+    if not err <= 1e-4 * max(scale, 1e-6):
+        raise ConversionError(f"{name}: LayerNorm equalization changed the float model's output (max |diff| "
+                              f"{err:.3g} at output scale {scale:.3g}); this is a bug in xcit-edge")
+    log.info("%s: %d LayerNorms equalized on %d calibration images", name, count, min(len(calib), EQUALIZE_IMAGES))
+    return folded, count
+
+
+def _aeq_quantize(graph, spec, calib: np.ndarray | None, recipe: list[dict]) -> tuple[bytes, int]:
+    """The quantized model and how many LayerNorms were equalized before quantizing (spec option
+    `equalize_layernorms`)."""
     from ai_edge_quantizer import quantizer
 
-    q = quantizer.Quantizer(float_model(graph, integer_friendly=spec.mode == "aeq-full"))
+    model, equalized = float_model(graph, integer_friendly=spec.mode == "aeq-full"), 0
+    if spec.quantization.get("equalize_layernorms", False):
+        model, equalized = _equalized(model, calib, spec.name)
+    q = quantizer.Quantizer(model)
     q.load_quantization_recipe(recipe)
     try:
         with _progress_to_debug_log():
@@ -245,7 +269,7 @@ def _aeq_quantize(graph, spec, calib: np.ndarray | None, recipe: list[dict]) -> 
         raise
     except Exception as e:  # ai-edge-quantizer raises ValueError/RuntimeError on models it cannot take
         raise ConversionError(f"{spec.name}: ai-edge-quantizer failed ({type(e).__name__}: {first_line(e)})") from e
-    return with_signature(bytes(quantized))
+    return with_signature(bytes(quantized)), equalized
 
 
 def _converter_quantize(graph, spec, calib: np.ndarray | None) -> bytes:
@@ -268,7 +292,7 @@ def _converter_quantize(graph, spec, calib: np.ndarray | None) -> bytes:
 def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     aeq = spec.mode in AEQ_MODES
     recipe = aeq_recipe(spec, small_layers(graph, spec)) if aeq else None
-    data = _aeq_quantize(graph, spec, calib, recipe) if aeq else _converter_quantize(graph, spec, calib)
+    data, equalized = _aeq_quantize(graph, spec, calib, recipe) if aeq else (_converter_quantize(graph, spec, calib), 0)
     out = workdir / spec.file
     out.write_bytes(data)
     ops = op_types(out)
@@ -281,6 +305,8 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     details = {"ops": ops, "xca_blocks": xca_blocks(out)}  # how XNNPACK takes it: the manifest's runtime_defaults
     if aeq:
         details["quantizer"] = {"library": "ai-edge-quantizer", "recipe": recipe}
+    if equalized:
+        details["layernorms_equalized"] = equalized  # on the first EQUALIZE_IMAGES calibration images
     return Conversion([spec.file], kept, details)
 
 

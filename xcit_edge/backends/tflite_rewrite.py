@@ -173,13 +173,34 @@ def _drop_orphan_tensors(m: _Model) -> None:
             t.tensorIndex = new[int(t.tensorIndex)]
 
 
+def _drop_unused_buffers(m: _Model) -> None:
+    """Remove buffers no tensor or metadata entry refers to (a rewrite that replaces a constant leaves the old
+    one's data behind), keeping buffer 0, the schema's empty sentinel."""
+    model = m.model
+    tensors = [t for sub in model.subgraphs for t in sub.tensors]
+    used = {0} | {int(t.buffer) for t in tensors} | {int(md.buffer) for md in model.metadata or []}
+    keep = sorted(used)
+    new = {old: k for k, old in enumerate(keep)}
+    model.buffers = [model.buffers[i] for i in keep]
+    for t in tensors:
+        t.buffer = new[int(t.buffer)]
+    for md in model.metadata or []:
+        md.buffer = new[int(md.buffer)]
+
+
+def compact(m: _Model) -> None:
+    """Drop the tensors and buffers nothing refers to any more."""
+    _drop_orphan_tensors(m)
+    _drop_unused_buffers(m)
+
+
 def integer_friendly(data: bytes) -> tuple[bytes, dict]:
     """The float model with the module's rewrites applied, and how many of each were made."""
     m = _Model(data)
     made = {"neg_to_mul": _negations_to_multiplies(m),
             "squared_difference_to_sub_mul": _squared_differences_to_sub_mul(m), "folded_constants": _fold_constants(m),
             "dead_ops_removed": _remove_dead_ops(m)}
-    _drop_orphan_tensors(m)
+    compact(m)
     log.debug("integer-friendly rewrites: %s", made)
     return m.bytes(), made
 
@@ -188,6 +209,12 @@ def verify(before: bytes, after: bytes, seed: int = 0) -> float:
     """The largest absolute difference between the two float models' outputs for one seeded input in
     the model's own input contract (builtin kernels): a rewrite here is exact, so anything above float
     rounding is a bug."""
+    return compare(before, after, seed)[0]
+
+
+def compare(before: bytes, after: bytes, seed: int = 0) -> tuple[float, float]:
+    """(largest absolute difference of the two models' outputs, largest absolute output of `before`) for one
+    seeded input in the model's own input contract, on LiteRT's builtin kernels."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     outs, x = [], None
@@ -203,4 +230,4 @@ def verify(before: bytes, after: bytes, seed: int = 0) -> float:
         interp.set_tensor(inp["index"], x)
         interp.invoke()
         outs.append(interp.get_tensor(interp.get_output_details()[0]["index"]).astype(np.float64))
-    return float(np.max(np.abs(outs[0] - outs[1])))
+    return float(np.max(np.abs(outs[0] - outs[1]))), float(np.max(np.abs(outs[0])))
