@@ -357,3 +357,20 @@ def test_max_drop_gives_layer_groups_back_by_measured_drop(timm_fixture, tmp_pat
     mod = backend("onnx")
     out = mod.run(mod.load(Path(entry["path"]) / spec.file, spec), x)
     assert (out.argmax(1) == timm_forward(hard.eval(), x).argmax(1)).all()
+
+
+def test_a_random_init_model_converts_to_the_int8_npu_target(tmp_path):
+    """Seeded random init gives a zero class token, so class attention's q projection outputs ~0: its
+    calibrated int8 range, left as it was, made XNNPACK refuse the whole model (nano, measured). With the
+    range floor the target converts and LiteRT's default delegate takes it."""
+    from xcit_edge.model.xcit import build_model
+    from xcit_edge.savedmodel import export_saved_model, model_metadata
+    from xcit_edge.zoo import reduced_config
+
+    cfg = reduced_config(depth=2, embed_dim=32)
+    export_saved_model(build_model(cfg, seed=3), tmp_path / "sm", model_metadata(cfg, {"source": "random", "seed": 3}))
+    res = run("--quiet", "convert", tmp_path / "sm", "--target", "tflite-int8-full", "--out", tmp_path / "o",
+              "--json", "--calibration-images", 8)
+    assert res.exit_code == 0, res.output
+    man = json.loads((tmp_path / "o" / "tflite-int8-full" / "manifest.json").read_text())
+    assert man["runtime_defaults"]["xnnpack_partitions"] >= 1 and man["kept_float"] == []

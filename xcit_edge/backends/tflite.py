@@ -246,6 +246,29 @@ def _equalized(model: bytes, calib: np.ndarray | None, name: str) -> tuple[bytes
     return folded, count
 
 
+# A tensor whose calibrated values are (nearly) constant gets at least this range. With seeded random init the
+# class token is zero, so class attention's q projection outputs ~1e-9 and its int8 scale came out 3.9e-12:
+# XNNPACK then refused the whole model (an int8 FULLY_CONNECTED needs input x weight / output scale < 256;
+# nano, measured). At this range an int8 step is 1.5e-5: nothing a near-constant tensor can lose.
+MIN_CALIBRATED_RANGE = 2.0**-8
+
+
+def _with_range_floor(qsvs: dict) -> dict:
+    """Calibration ranges (ai-edge-quantizer's {tensor: {"min", "max"}}) widened about their centre to at
+    least MIN_CALIBRATED_RANGE."""
+    for name, qsv in qsvs.items():
+        if "min" not in qsv or "max" not in qsv:
+            continue
+        lo, hi = np.asarray(qsv["min"], np.float32), np.asarray(qsv["max"], np.float32)
+        narrow = (hi - lo) < MIN_CALIBRATED_RANGE
+        if narrow.any():
+            mid = (lo + hi) / 2
+            qsv["min"] = np.where(narrow, mid - MIN_CALIBRATED_RANGE / 2, lo)
+            qsv["max"] = np.where(narrow, mid + MIN_CALIBRATED_RANGE / 2, hi)
+            log.debug("calibrated range of %s widened to %g", name, MIN_CALIBRATED_RANGE)
+    return qsvs
+
+
 def _aeq_quantize(graph, spec, calib: np.ndarray | None, recipe: list[dict]) -> tuple[bytes, int]:
     """The quantized model and how many LayerNorms were equalized before quantizing (spec option
     `equalize_layernorms`)."""
@@ -263,7 +286,7 @@ def _aeq_quantize(graph, spec, calib: np.ndarray | None, recipe: list[dict]) -> 
                 if calib is None or not len(calib):
                     raise XcitEdgeError(f"{spec.name} needs calibration data (--calibration)")
                 samples = [{"input": item[None]} for item in calib]  # the model's own input dtype (uint8 if baked)
-                result = q.calibrate({SIGNATURE: samples}, num_threads=os.cpu_count() or 1)
+                result = _with_range_floor(q.calibrate({SIGNATURE: samples}, num_threads=os.cpu_count() or 1))
             quantized = q.quantize(result, enable_progress_bar=False, enable_progress_report=False).quantized_model
     except (XcitEdgeError, MemoryError):
         raise
