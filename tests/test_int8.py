@@ -176,7 +176,8 @@ def test_an_artifact_the_default_runtime_cannot_run_fails_its_target(fixture_art
 def test_the_npu_targets_have_every_op_integer(fixture_artifacts, target, activation):
     """Integer input and output, every op's output an integer tensor, nothing left in float, and stock LiteRT
     runs it with default options. tflite-16x8-full: int16 activations; tflite-int8-full: int8, int16 only in
-    XCA's L2 normalization (the fused emitter's names), its LayerNorms equalized."""
+    XCA's L2 normalization (the fused emitter's names), inside LayerNorms, in the class-attention stage and
+    where a QUANTIZE widens an int8 tensor into them; its LayerNorms equalized."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     art = Path(fixture_artifacts[target]["path"])
@@ -189,11 +190,48 @@ def test_the_npu_targets_have_every_op_integer(fixture_artifacts, target, activa
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     assert interp.get_input_details()[0]["dtype"] == activation
     assert interp.get_output_details()[0]["dtype"] == activation
-    outputs = [tensors[o] for op in interp._get_ops_details() for o in op["outputs"]]
-    assert [t["name"] for t in outputs if np.issubdtype(t["dtype"], np.floating)] == []
-    wide = [t["name"] for t in outputs if t["dtype"] == np.int16 and activation == np.int8]
-    assert all("xcit_edge/xca_" in name for name in wide), wide
+    outputs = [(op["op_name"], tensors[o]) for op in interp._get_ops_details() for o in op["outputs"]]
+    assert [t["name"] for _, t in outputs if np.issubdtype(t["dtype"], np.floating)] == []
     assert man["backend_details"].get("layernorms_equalized", 0) == (13 if activation == np.int8 else 0)
+    if activation == np.int16:
+        return
+    # the fixture's Keras names: norm1/2/3 in the blocks, norm after them; class attention from the concat on
+    wide = {t["name"] for kind, t in outputs if t["dtype"] == np.int16 and kind != "QUANTIZE"}
+    stage = re.compile(r"xcit_edge/xca_\d+/|/norm\d?_1/|cls_attn_blocks|_1/concat$|_1/strided_slice_1$")
+    assert [n for n in wide if not stage.search(n)] == []
+    rsqrt = [t for kind, t in outputs if kind == "RSQRT"]
+    assert len(rsqrt) == 4 * 3 + 2 * 2 + 1 and all(t["dtype"] == np.int16 for t in rsqrt)
+    assert man["backend_details"]["int16_tensors"] == 17 * 12 + 68  # 12 per LayerNorm, 68 more after the concat
+
+
+def test_int16_placement_is_found_by_structure_also_on_random_init(fixture_dir, tmp_path):
+    """Every LayerNorm (3 per block, 2 per class-attention block, the final one) is found from its RSQRT,
+    with or without gamma and beta (random init: 1 and 0, folded away by the converter), and the
+    class-attention stage runs from the class-token concatenation to the head, no patch block in it and not
+    the logits (int8 I/O)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from xcit_edge.backends import tflite
+    from xcit_edge.backends.tflite_int16 import int16_tensors
+    from xcit_edge.graph import prepare
+    from xcit_edge.model.xcit import build_model
+    from xcit_edge.savedmodel import export_saved_model, model_metadata
+    from xcit_edge.zoo import reduced_config
+
+    cfg = reduced_config(depth=2, embed_dim=32)
+    export_saved_model(build_model(cfg, seed=3), tmp_path / "sm", model_metadata(cfg, {"source": "random", "seed": 3}))
+    for model, depth in ((fixture_dir, 4), (tmp_path / "sm", 2)):
+        data = tflite.float_model(prepare(model), integer_friendly=True)
+        wide, whole = int16_tensors(data, layernorms=True, class_attention=True)
+        assert set(whole) <= set(wide)
+        names = [t["name"] for t in Interpreter(model_content=data).get_tensor_details()]
+        norms = {re.search(r"((?:cls_attn_)?blocks\.\d+_1/norm\d|_1/norm)_1/", n).group(1) for n in whole}
+        assert len(norms) == 3 * depth + 2 * 2 + 1, sorted(norms)
+        assert {n for n in names if n.endswith("/Rsqrt") and "/norm" in n} <= set(whole)  # not BatchNorm's
+        stage = set(wide) - set(whole)
+        assert any("cls_attn_blocks.1_1/" in n for n in stage) and "Identity" not in stage
+        assert not [n for n in stage if "/blocks." in n]
+        assert not int16_tensors(data, layernorms=False, class_attention=False)[0]
 
 
 def _channel_spread(data: bytes, tensor: int, x: np.ndarray) -> float:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.backends import Conversion, tflite_equalize, tflite_rewrite
+from xcit_edge.backends import Conversion, tflite_equalize, tflite_int16, tflite_rewrite
 from xcit_edge.errors import ConversionError, XcitEdgeError, first_line
 from xcit_edge.graph.xca import block_exits, count_blocks
 
@@ -166,13 +166,11 @@ def aeq_recipe(spec, small: list[str] = ()) -> list[dict]:
     rule per op type in `ops`, then a `no_quantize` rule per layer that stays float (later rules win in
     ai-edge-quantizer): `small`, the layers whose weight has fewer than the spec's `min_weight_elements`
     (`small_layers`), and `keep_nodes`."""
-    config: dict = {"weight_tensor_config": _int_config(8, True, "CHANNELWISE"), "compute_precision": "INTEGER",
-                    "explicit_dequantize": False, "skip_checks": False, "min_weight_elements": 0}
+    config = _weight_config()
     if spec.mode == "aeq-full":
         bits = int(spec.quantization.get("activation_bits", 8))  # int16: symmetric, as LiteRT's 16x8 kernels want
-        int16 = {**config, "activation_tensor_config": _int_config(16, True, "TENSORWISE")}
         return [_rule(".*", "*", {**config, "activation_tensor_config": _int_config(bits, bits == 16, "TENSORWISE")}),
-                *(_rule(regex, "*", int16) for regex in spec.quantization.get("int16_layers", []))]
+                *(_rule(regex, "*", _int16_config()) for regex in spec.quantization.get("int16_layers", []))]
     if spec.mode == "aeq-static":
         config["activation_tensor_config"] = _int_config(8, False, "TENSORWISE")
     rules = [_rule(".*", op, config) for op in spec.quantization.get("ops", AEQ_OPS)]
@@ -180,6 +178,16 @@ def aeq_recipe(spec, small: list[str] = ()) -> list[dict]:
     rules += [{"regex": f"^{re.escape(name)};", "operation": "*", "algorithm_key": "no_quantize"}
               for name in [*small, *spec.quantization.get("keep_nodes", [])]]
     return rules
+
+
+def _int16_config() -> dict:
+    """int16 activations (symmetric, as LiteRT's 16x8 kernels want), int8 weights per channel."""
+    return {**_weight_config(), "activation_tensor_config": _int_config(16, True, "TENSORWISE")}
+
+
+def _weight_config() -> dict:
+    return {"weight_tensor_config": _int_config(8, True, "CHANNELWISE"), "compute_precision": "INTEGER",
+            "explicit_dequantize": False, "skip_checks": False, "min_weight_elements": 0}
 
 
 def _rule(regex: str, operation: str, config: dict) -> dict:
@@ -269,14 +277,22 @@ def _with_range_floor(qsvs: dict) -> dict:
     return qsvs
 
 
-def _aeq_quantize(graph, spec, calib: np.ndarray | None, recipe: list[dict]) -> tuple[bytes, int]:
-    """The quantized model and how many LayerNorms were equalized before quantizing (spec option
-    `equalize_layernorms`)."""
+def _aeq_quantize(graph, spec, calib: np.ndarray | None, recipe: list[dict]) -> tuple[bytes, dict]:
+    """The quantized model and what was done to the float model first: LayerNorms equalized (spec option
+    `equalize_layernorms`), tensors given int16 activations and whole-set ranges by what they compute
+    (`int16_layernorms`, `int16_class_attention`: `tflite_int16`)."""
     from ai_edge_quantizer import quantizer
 
-    model, equalized = float_model(graph, integer_friendly=spec.mode == "aeq-full"), 0
+    model, details = float_model(graph, integer_friendly=spec.mode == "aeq-full"), {}
     if spec.quantization.get("equalize_layernorms", False):
-        model, equalized = _equalized(model, calib, spec.name)
+        model, details["layernorms_equalized"] = _equalized(model, calib, spec.name)
+    int16, whole_range = tflite_int16.int16_tensors(model, bool(spec.quantization.get("int16_layernorms")),
+                                                    bool(spec.quantization.get("int16_class_attention")))
+    if int16:
+        recipe = [*recipe, *_exact_rules(int16, _int16_config())]
+        details["int16_tensors"] = len(int16)
+    if whole_range:
+        details["whole_range_tensors"] = len(whole_range)
     q = quantizer.Quantizer(model)
     q.load_quantization_recipe(recipe)
     try:
@@ -285,14 +301,46 @@ def _aeq_quantize(graph, spec, calib: np.ndarray | None, recipe: list[dict]) -> 
             if q.need_calibration:
                 if calib is None or not len(calib):
                     raise XcitEdgeError(f"{spec.name} needs calibration data (--calibration)")
-                samples = [{"input": item[None]} for item in calib]  # the model's own input dtype (uint8 if baked)
-                result = _with_range_floor(q.calibrate({SIGNATURE: samples}, num_threads=os.cpu_count() or 1))
+                result = _with_range_floor(_calibrate(model, recipe, calib, set(whole_range)))
             quantized = q.quantize(result, enable_progress_bar=False, enable_progress_report=False).quantized_model
     except (XcitEdgeError, MemoryError):
         raise
     except Exception as e:  # ai-edge-quantizer raises ValueError/RuntimeError on models it cannot take
         raise ConversionError(f"{spec.name}: ai-edge-quantizer failed ({type(e).__name__}: {first_line(e)})") from e
-    return with_signature(bytes(quantized)), equalized
+    return with_signature(bytes(quantized)), details
+
+
+def _exact_rules(names: list[str], config: dict) -> list[dict]:
+    """One rule for exactly these tensor names (an op's scope in ai-edge-quantizer is its output names, each
+    followed by ";"). One alternation, not a rule per name: the library searches every rule's regex for
+    every op, and past Python's regex cache (512) each search recompiled (nano: 6 ops/s)."""
+    return [_rule("^(?:" + "|".join(re.escape(n) for n in names) + ");", "*", config)]
+
+
+def _calibrate(model: bytes, recipe: list[dict], calib: np.ndarray, whole_range: set[str]) -> dict:
+    """ai-edge-quantizer's calibration ({tensor: {"min", "max"}}): its moving average of per-image extremes
+    for every tensor, except those in `whole_range`, which get the extremes over the whole set."""
+    from ai_edge_quantizer import calibrator, recipe_manager
+    from ai_edge_quantizer.utils import qsv_utils
+
+    def update(qsv: dict, new: dict) -> dict:
+        if not qsv:
+            return {**new, "whole_min": new["min"], "whole_max": new["max"]}
+        out = qsv_utils.moving_average_update(qsv, new)  # what the library does without a custom update
+        out["whole_min"] = np.minimum(qsv.get("whole_min", qsv["min"]), new["min"])
+        out["whole_max"] = np.maximum(qsv.get("whole_max", qsv["max"]), new["max"])
+        return out
+
+    manager = recipe_manager.RecipeManager()
+    manager.load_quantization_recipe(recipe)
+    cal = calibrator.Calibrator(model, num_threads=os.cpu_count() or 1, qsv_update_func=update)
+    cal.calibrate({SIGNATURE: [{"input": item[None]} for item in calib]}, manager)  # the model's input dtype
+    qsvs = cal.get_model_qsvs()
+    for name, qsv in qsvs.items():
+        lo, hi = qsv.pop("whole_min", None), qsv.pop("whole_max", None)
+        if name in whole_range and lo is not None:
+            qsv["min"], qsv["max"] = lo, hi
+    return qsvs
 
 
 def _converter_quantize(graph, spec, calib: np.ndarray | None) -> bytes:
@@ -315,7 +363,7 @@ def _converter_quantize(graph, spec, calib: np.ndarray | None) -> bytes:
 def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     aeq = spec.mode in AEQ_MODES
     recipe = aeq_recipe(spec, small_layers(graph, spec)) if aeq else None
-    data, equalized = _aeq_quantize(graph, spec, calib, recipe) if aeq else (_converter_quantize(graph, spec, calib), 0)
+    data, prepared = _aeq_quantize(graph, spec, calib, recipe) if aeq else (_converter_quantize(graph, spec, calib), {})
     out = workdir / spec.file
     out.write_bytes(data)
     ops = op_types(out)
@@ -328,8 +376,7 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     details = {"ops": ops, "xca_blocks": xca_blocks(out)}  # how XNNPACK takes it: the manifest's runtime_defaults
     if aeq:
         details["quantizer"] = {"library": "ai-edge-quantizer", "recipe": recipe}
-    if equalized:
-        details["layernorms_equalized"] = equalized  # on the first EQUALIZE_IMAGES calibration images
+    details.update(prepared)  # layernorms_equalized (on the first EQUALIZE_IMAGES images), int16 tensors
     return Conversion([spec.file], kept, details)
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xcit_edge.backends.tflite_rewrite import _Model, compact
+from xcit_edge.backends.tflite_rewrite import OpGraph, _Model, compact
 
 log = logging.getLogger(__name__)
 
@@ -49,32 +49,7 @@ class LayerNorm:
     readers: tuple[int, ...]  # FULLY_CONNECTED / DEPTHWISE_CONV_2D op indexes
 
 
-class _Graph:
-    """Producers and consumers of the first subgraph's tensors, op names by index."""
-
-    def __init__(self, m: _Model):
-        self.m = m
-        names = {v: k for k, v in vars(m.fb.BuiltinOperator).items() if not k.startswith("_")}
-        self.ops = m.sub.operators
-        self.kind = [names.get(m.code(op), "?") for op in self.ops]
-        self.producer: dict[int, int] = {}
-        self.consumers: dict[int, list[int]] = {}
-        for i, op in enumerate(self.ops):
-            for o in op.outputs:
-                self.producer[int(o)] = i
-            for t in op.inputs:
-                self.consumers.setdefault(int(t), []).append(i)
-
-    def made_by(self, tensor: int, kind: str) -> int | None:
-        i = self.producer.get(tensor)
-        return i if i is not None and self.kind[i] == kind else None
-
-    def channels(self, tensor: int) -> int:
-        shape = self.m.sub.tensors[tensor].shape
-        return int(shape[-1]) if shape is not None and len(shape) else -1
-
-
-def _constant_operand(g: _Graph, op: int, width: int) -> tuple[int, np.ndarray] | None:
+def _constant_operand(g: OpGraph, op: int, width: int) -> tuple[int, np.ndarray] | None:
     """(input position, value) of the op's constant per-channel operand ([..., width], `width` values)."""
     for pos, t in enumerate(g.ops[op].inputs):
         v = g.m.value(int(t))
@@ -83,7 +58,7 @@ def _constant_operand(g: _Graph, op: int, width: int) -> tuple[int, np.ndarray] 
     return None
 
 
-def _readers(g: _Graph, tensor: int, width: int) -> tuple[int, ...] | None:
+def _readers(g: OpGraph, tensor: int, width: int) -> tuple[int, ...] | None:
     """The FULLY_CONNECTED / depthwise readers of `tensor` through channel-keeping ops; None if any reader
     is something else or the tensor is a model output."""
     if tensor in {int(o) for o in g.m.sub.outputs}:
@@ -106,7 +81,7 @@ def _readers(g: _Graph, tensor: int, width: int) -> tuple[int, ...] | None:
     return tuple(found) or None
 
 
-def _match(g: _Graph, out_op: int) -> LayerNorm | None:
+def _match(g: OpGraph, out_op: int) -> LayerNorm | None:
     """The LayerNorm whose output is ADD op `out_op`'s, or None."""
     width = g.channels(int(g.ops[out_op].outputs[0]))
     adds = [int(t) for t in g.ops[out_op].inputs]
@@ -132,7 +107,7 @@ def _match(g: _Graph, out_op: int) -> LayerNorm | None:
 
 def find_layernorms(data: bytes) -> list[LayerNorm]:
     """Every foldable LayerNorm of the model (see the module docstring), in execution order."""
-    g = _Graph(_Model(data))
+    g = OpGraph(_Model(data))
     return [ln for i, kind in enumerate(g.kind) if kind == "ADD" and (ln := _match(g, i)) is not None]
 
 
@@ -173,7 +148,7 @@ def _replace_input(m: _Model, op, pos: int, name: str, value: np.ndarray) -> Non
     op.inputs[pos] = m.constant(name, value.astype(np.float32))
 
 
-def _fold(m: _Model, g: _Graph, ln: LayerNorm, lo: np.ndarray, hi: np.ndarray) -> None:
+def _fold(m: _Model, g: OpGraph, ln: LayerNorm, lo: np.ndarray, hi: np.ndarray) -> None:
     shift = all(g.kind[r] == "FULLY_CONNECTED" for r in ln.readers)
     k, d = _factors(lo, hi, shift)
     name = m.sub.tensors[ln.output].name
@@ -202,7 +177,7 @@ def equalize_layernorms(data: bytes, samples: np.ndarray) -> tuple[bytes, int]:
         return data, 0
     ranges = channel_ranges(data, [ln.output for ln in lns], samples)
     m = _Model(data)
-    g = _Graph(m)
+    g = OpGraph(m)
     for ln in lns:
         _fold(m, g, ln, *ranges[ln.output])
     compact(m)

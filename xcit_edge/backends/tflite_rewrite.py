@@ -80,6 +80,32 @@ class _Model:
         return bytes(self.fu.convert_object_to_bytearray(self.model))
 
 
+class OpGraph:
+    """Producers and consumers of the first subgraph's tensors, op names by index (a snapshot: rebuild it
+    after changing the ops)."""
+
+    def __init__(self, m: _Model):
+        self.m = m
+        names = {v: k for k, v in vars(m.fb.BuiltinOperator).items() if not k.startswith("_")}
+        self.ops = m.sub.operators
+        self.kind = [names.get(m.code(op), "?") for op in self.ops]
+        self.producer: dict[int, int] = {}
+        self.consumers: dict[int, list[int]] = {}
+        for i, op in enumerate(self.ops):
+            for o in op.outputs:
+                self.producer[int(o)] = i
+            for t in op.inputs:
+                self.consumers.setdefault(int(t), []).append(i)
+
+    def made_by(self, tensor: int, kind: str) -> int | None:
+        i = self.producer.get(tensor)
+        return i if i is not None and self.kind[i] == kind else None
+
+    def channels(self, tensor: int) -> int:
+        shape = self.m.sub.tensors[tensor].shape
+        return int(shape[-1]) if shape is not None and len(shape) else -1
+
+
 def _negations_to_multiplies(m: _Model) -> int:
     neg, mul = m.fb.BuiltinOperator.NEG, m.fb.BuiltinOperator.MUL
     minus_one = None
