@@ -1,12 +1,13 @@
 """Evidence for the NPU target's activation width: where int8 activations hold and where int16 is needed.
 
-    python benchmarks/npu_bits.py [--images 500] [--calib 200]
+    python benchmarks/npu_bits.py [--images 500] [--calib 200] [--calibration synthetic|sample]
 
 Builds the trained fixture and its quantization stress variant (`xcit_edge/model/stress.py`), converts each
 with the `tflite-16x8-full` recipe (every op integer, ai-edge-quantizer) under activation policies, from int8
 everywhere (int16 only in XCA's L2 normalization, without which LiteRT's int8 DIV refuses a divisor
-quantized to zero) to int16 everywhere (`tflite-16x8-full`), with int8 activations on LayerNorm-equalized models
-(`tflite-int8-full`: `backends/tflite_equalize.py`) between them, and reports accuracy, drop, top-1 agreement
+quantized to zero) to int16 everywhere (`tflite-16x8-full`), with LayerNorm equalization
+(`backends/tflite_equalize.py`) and int16 LayerNorm internals and class attention (`backends/tflite_int16.py`)
+added one at a time between them (all three: `tflite-int8-full`), and reports accuracy, drop, top-1 agreement
 and cosine against the float32 source on held-out images (seed 11; calibration seed 10). Every int8 target
 promises cosine >= 0.99 and a drop <= 1 point on both fixtures.
 """
@@ -22,14 +23,17 @@ from int8_policy import FIXTURE, _row, _run
 
 XCA_NORM = (r".*xcit_edge/xca_\d+/(q_sq|k_sq|q_sumsq|k_sumsq|q_l2|k_l2|q_norm|k_norm|q_norm_col|q_scale|k_scale|"
             r"gram|gram_rows|logits)")
-POLICIES = {  # name -> (activation bits, int16 layer regexes, LayerNorms equalized)
-    "int8, int16 in XCA's L2 norm": (8, [XCA_NORM], False),
-    "... + LayerNorms int16": (8, [XCA_NORM, r".*/norm\d?_1/.*"], False),
-    "... + LPI (norm3, local_mp) int16": (8, [XCA_NORM, r".*(norm3_1|local_mp_1).*"], False),
-    "... + class attention, head int16": (8, [XCA_NORM, r".*(cls_attn|head|/norm_1/|Identity).*"], False),
-    "... + patch blocks int16": (8, [XCA_NORM, r".*blocks\.\d+_1/.*"], False),
-    "int8, XCA norm int16, LNs equalized (tflite-int8-full)": (8, [XCA_NORM], True),
-    "int16 everywhere (tflite-16x8-full)": (16, [], False),
+BASE = {"activation_bits": 8, "int16_layers": [XCA_NORM], "equalize_layernorms": False, "int16_layernorms": False,
+        "int16_class_attention": False}
+POLICIES = {  # name -> the quantization options over tflite-16x8-full's
+    "int8, int16 in XCA's L2 norm": BASE,
+    "... + LayerNorms equalized": {**BASE, "equalize_layernorms": True},
+    "... + LayerNorm internals int16": {**BASE, "equalize_layernorms": True, "int16_layernorms": True},
+    "... + class attn int16 (tflite-int8-full)": {**BASE, "equalize_layernorms": True, "int16_layernorms": True,
+                                                  "int16_class_attention": True},
+    "equalized, class attn int16, LayerNorms int8": {**BASE, "equalize_layernorms": True,
+                                                     "int16_class_attention": True},
+    "int16 everywhere (tflite-16x8-full)": {"activation_bits": 16, "int16_layers": []},
 }
 
 
@@ -37,6 +41,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--calib", type=int, default=200)
+    ap.add_argument("--calibration", choices=["synthetic", "sample"], default="synthetic",
+                    help="calibration images: --calib generated ones (seed 10) or the shipped sample (80, as the demo)")
     args = ap.parse_args()
     from xcit_edge.bench import machine_line
     from xcit_edge.tfimport import import_tensorflow_quietly
@@ -46,7 +52,7 @@ def main() -> None:
     from safetensors.numpy import load_file, save_file
 
     from xcit_edge.build import build
-    from xcit_edge.calibration import normalize
+    from xcit_edge.calibration import load_calibration, normalize
     from xcit_edge.graph import prepare
     from xcit_edge.model.stress import stress_weights
     from xcit_edge.synthetic import make_images
@@ -58,7 +64,9 @@ def main() -> None:
     for name, weights in (("trained", FIXTURE), ("stress", tmp / "stress.safetensors")):
         build("xcit_fixture_4_p8_64", tmp / name, weights=weights)
         graph = prepare(tmp / name)
-        calib = normalize(make_images(args.calib, 64, seed=10)[0], graph.preprocessing)
+        pre = graph.preprocessing
+        calib = (load_calibration("sample", pre).model_ready(pre, False) if args.calibration == "sample"
+                 else normalize(make_images(args.calib, 64, seed=10)[0], pre))
         pix, labels = make_images(args.images, 64, seed=11)
         x = normalize(pix, graph.preprocessing)
         _policies(graph, name, (calib, x, graph.run(x), labels), tmp / f"{name}-art")
@@ -71,9 +79,8 @@ def _policies(graph, model: str, data, tmp: Path) -> None:
 
     calib, x, ref, labels = data
     base = all_targets()["tflite-16x8-full"]
-    for i, (name, (bits, int16, equalize)) in enumerate(POLICIES.items()):
-        spec = dataclasses.replace(base, quantization={**base.quantization, "activation_bits": bits,
-                                                       "int16_layers": int16, "equalize_layernorms": equalize})
+    for i, (name, options) in enumerate(POLICIES.items()):
+        spec = dataclasses.replace(base, quantization={**base.quantization, **options})
         d = tmp / str(i)
         d.mkdir(parents=True)
         tflite.convert(graph, spec, calib, d)

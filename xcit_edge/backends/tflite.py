@@ -16,11 +16,12 @@ arithmetic that XNNPACK refused to prepare: measured). Modes:
   names) get its `no_quantize` rule. The recipe it ran is recorded in the manifest.
 * `aeq-full`: every op integer, for NPUs: input, output and activations with `activation_bits`
   (8, or 16: LiteRT's 16x8 scheme), int16 activations for the layers matching the spec's
-  `int16_layers` regexes (where int8 cannot hold the range), int8 weights per channel. The float
-  model first gets the exact rewrites of `tflite_rewrite` (ops ai-edge-quantizer has no integer
-  form for) and, with `equalize_layernorms`, `tflite_equalize`'s LayerNorm channel equalization
-  on the first calibration images (exact in float, checked); a converted model with any float op
-  left fails the target.
+  `int16_layers` regexes and, with `int16_layernorms` / `int16_class_attention`, for the tensors
+  `tflite_int16` finds by structure (where int8 cannot hold the range; LayerNorm internals then
+  calibrated over the whole set's range), int8 weights per channel. The float model first gets the
+  exact rewrites of `tflite_rewrite` (ops ai-edge-quantizer has no integer form for) and, with
+  `equalize_layernorms`, `tflite_equalize`'s LayerNorm channel equalization on the first calibration
+  images (exact in float, checked); a converted model with any float op left fails the target.
 What really stayed float is read back from the converted model, not assumed.
 
 Every artifact carries a `serving_default` signature (input `input`, output `output`): LiteRT's
