@@ -13,7 +13,8 @@ arithmetic that XNNPACK refused to prepare: measured). Modes:
   for the op types in the spec's `ops` (the rest stays float): static int8 (weights per channel,
   activations per tensor from calibration ranges) or dynamic (int8 weights; XNNPACK quantizes
   the activations per image, its qd8 kernels: no calibration). Layers in `keep_nodes` (tensor
-  names) get its `no_quantize` rule. The recipe it ran is recorded in the manifest.
+  names) get its `no_quantize` rule. The recipe it ran is recorded in the manifest (the rule for the
+  tensors `tflite_int16` adds, one name alternation, as counts: `int16_tensors`, `whole_range_tensors`).
 * `aeq-full`: every op integer, for NPUs: input, output and activations with `activation_bits`
   (8, or 16: LiteRT's 16x8 scheme), int16 activations for the layers matching the spec's
   `int16_layers` regexes and, with `int16_layernorms` / `int16_class_attention`, for the tensors
