@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import contextlib
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,14 +52,34 @@ def timm_fixture():
     return model.eval()
 
 
+def shared_once(tmp_path_factory, worker_id: str, name: str, make: Callable[[Path], object]):
+    """A session fixture built once per test run, not once per xdist worker (each worker is a session of its
+    own): the first worker to get here builds it under a file lock in the run's shared temp root and writes
+    its value as JSON, the others read that (pytest-xdist's documented pattern). `make(dir)` returns
+    what JSON holds (paths as strings)."""
+    from filelock import FileLock
+
+    if worker_id == "master":
+        return make(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent
+    value = root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not value.is_file():
+            work = root / name
+            work.mkdir()
+            value.write_text(json.dumps(make(work)))
+    return json.loads(value.read_text())
+
+
 @pytest.fixture(scope="session")
-def fixture_dir(tmp_path_factory):
-    """The trained fixture as our SavedModel."""
+def fixture_dir(tmp_path_factory, worker_id):
+    """The trained fixture as our SavedModel (one for the whole run: artifacts built from it are shared)."""
     from xcit_edge.build import build
 
-    out = tmp_path_factory.mktemp("fx") / "fixture"
-    build(FIXTURE.name, out, weights=FIXTURE_WEIGHTS)
-    return out
+    def make(work: Path) -> str:
+        build(FIXTURE.name, work / "fixture", weights=FIXTURE_WEIGHTS)
+        return str(work / "fixture")
+    return Path(shared_once(tmp_path_factory, worker_id, "fixture-dir", make))
 
 
 @pytest.fixture(scope="session")
@@ -68,23 +90,24 @@ def held_out():
 
 
 @pytest.fixture(scope="session")
-def calib_npz(tmp_path_factory):
+def calib_npz(tmp_path_factory, worker_id):
     """200 labelled calibration images (seed 10), as convert takes them."""
-    pixels, labels = make_images(200, FIXTURE.img_size, seed=10)
-    path = tmp_path_factory.mktemp("cal") / "calib.npz"
-    np.savez(path, images=pixels, labels=labels)
-    return path
+    def make(work: Path) -> str:
+        pixels, labels = make_images(200, FIXTURE.img_size, seed=10)
+        np.savez(work / "calib.npz", images=pixels, labels=labels)
+        return str(work / "calib.npz")
+    return Path(shared_once(tmp_path_factory, worker_id, "calib", make))
 
 
 @pytest.fixture(scope="session")
-def fixture_artifacts(fixture_dir, calib_npz, tmp_path_factory):
-    """The fixture converted to every target, once per test session (convert's --json entries by target)."""
-    import json
-
-    out = tmp_path_factory.mktemp("art") / "out"
-    res = run("--quiet", "convert", fixture_dir, "--target", "all", "--out", out, "--calibration", calib_npz, "--json")
-    assert res.exit_code == 0, res.output
-    return {a["target"]: a for a in json.loads(res.stdout)["artifacts"]}
+def fixture_artifacts(fixture_dir, calib_npz, tmp_path_factory, worker_id):
+    """The fixture converted to every target, once per test run (convert's --json entries by target)."""
+    def make(work: Path) -> dict:
+        res = run("--quiet", "convert", fixture_dir, "--target", "all", "--out", work / "out",
+                  "--calibration", calib_npz, "--json")
+        assert res.exit_code == 0, res.output
+        return {a["target"]: a for a in json.loads(res.stdout)["artifacts"]}
+    return shared_once(tmp_path_factory, worker_id, "fixture-artifacts", make)
 
 
 def run(*args):

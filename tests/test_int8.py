@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE_WEIGHTS, run, timm_forward
+from conftest import FIXTURE_WEIGHTS, run, shared_once, timm_forward
 
 from xcit_edge.backends import backend
 from xcit_edge.calibration import normalize
@@ -34,14 +34,15 @@ def test_every_int8_target_promises_the_goals():
 
 
 @pytest.fixture(scope="module")
-def stress_weights_file(tmp_path_factory):
+def stress_weights_file(tmp_path_factory, worker_id):
     from safetensors.numpy import load_file, save_file
 
     from xcit_edge.model.stress import stress_weights
 
-    path = tmp_path_factory.mktemp("stress") / "stress.safetensors"
-    save_file(stress_weights(load_file(FIXTURE_WEIGHTS)), str(path))
-    return path
+    def make(work: Path) -> str:
+        save_file(stress_weights(load_file(FIXTURE_WEIGHTS)), str(work / "stress.safetensors"))
+        return str(work / "stress.safetensors")
+    return Path(shared_once(tmp_path_factory, worker_id, "stress-weights", make))
 
 
 @pytest.fixture(scope="module")
@@ -80,21 +81,23 @@ def test_stress_weights_keep_the_function_and_spread_the_channels(timm_fixture, 
 
 
 @pytest.fixture(scope="module")
-def stress_model(stress_weights_file, tmp_path_factory):
+def stress_model(stress_weights_file, tmp_path_factory, worker_id):
     """The stress fixture as our SavedModel."""
-    model = tmp_path_factory.mktemp("stress-model") / "stress"
-    res = run("--quiet", "build", FIXTURE.name, "--weights", stress_weights_file, "--out", model)
-    assert res.exit_code == 0, res.output
-    return model
+    def make(work: Path) -> str:
+        res = run("--quiet", "build", FIXTURE.name, "--weights", stress_weights_file, "--out", work / "stress")
+        assert res.exit_code == 0, res.output
+        return str(work / "stress")
+    return Path(shared_once(tmp_path_factory, worker_id, "stress-model", make))
 
 
 @pytest.fixture(scope="module")
-def stress_artifacts(stress_model, calib_npz, tmp_path_factory):
-    base = tmp_path_factory.mktemp("stress-art")
-    res = run("--quiet", "convert", stress_model, "--target", ",".join(INT8), "--out", base / "out",
-              "--calibration", calib_npz, "--json")
-    assert res.exit_code == 0, res.output
-    return {a["target"]: a for a in json.loads(res.stdout)["artifacts"]}
+def stress_artifacts(stress_model, calib_npz, tmp_path_factory, worker_id):
+    def make(work: Path) -> dict:
+        res = run("--quiet", "convert", stress_model, "--target", ",".join(INT8), "--out", work / "out",
+                  "--calibration", calib_npz, "--json")
+        assert res.exit_code == 0, res.output
+        return {a["target"]: a for a in json.loads(res.stdout)["artifacts"]}
+    return shared_once(tmp_path_factory, worker_id, "stress-artifacts", make)
 
 
 def _held_to_promise(artifacts: dict, reference_model, held_out) -> None:
