@@ -46,6 +46,19 @@ def stress_weights_file(tmp_path_factory, worker_id):
 
 
 @pytest.fixture(scope="module")
+def random_init_model(tmp_path_factory):
+    """A 2-block reduced XCiT with seeded random init (gamma 1, beta 0, zero class token), as a SavedModel."""
+    from xcit_edge.model.xcit import build_model
+    from xcit_edge.savedmodel import export_saved_model, model_metadata
+    from xcit_edge.zoo import reduced_config
+
+    cfg = reduced_config(depth=2, embed_dim=32)
+    out = tmp_path_factory.mktemp("random-init") / "sm"
+    export_saved_model(build_model(cfg, seed=3), out, model_metadata(cfg, {"source": "random", "seed": 3}))
+    return out
+
+
+@pytest.fixture(scope="module")
 def timm_stress(stress_weights_file, timm_fixture):
     import copy
 
@@ -207,7 +220,7 @@ def test_the_npu_targets_have_every_op_integer(fixture_artifacts, target, activa
     assert man["backend_details"]["int16_tensors"] == 17 * 12 + 68  # 12 per LayerNorm, 68 more after the concat
 
 
-def test_int16_placement_is_found_by_structure_also_on_random_init(fixture_dir, tmp_path):
+def test_int16_placement_is_found_by_structure_also_on_random_init(fixture_dir, random_init_model):
     """Every LayerNorm (3 per block, 2 per class-attention block, the final one) is found from its RSQRT,
     with or without gamma and beta (random init: 1 and 0, folded away by the converter), and the
     class-attention stage runs from the class-token concatenation to the head, no patch block in it and not
@@ -217,13 +230,7 @@ def test_int16_placement_is_found_by_structure_also_on_random_init(fixture_dir, 
     from xcit_edge.backends import tflite
     from xcit_edge.backends.tflite_int16 import int16_tensors
     from xcit_edge.graph import prepare
-    from xcit_edge.model.xcit import build_model
-    from xcit_edge.savedmodel import export_saved_model, model_metadata
-    from xcit_edge.zoo import reduced_config
-
-    cfg = reduced_config(depth=2, embed_dim=32)
-    export_saved_model(build_model(cfg, seed=3), tmp_path / "sm", model_metadata(cfg, {"source": "random", "seed": 3}))
-    for model, depth in ((fixture_dir, 4), (tmp_path / "sm", 2)):
+    for model, depth in ((fixture_dir, 4), (random_init_model, 2)):
         data = tflite.float_model(prepare(model), integer_friendly=True)
         wide, whole = int16_tensors(data, layernorms=True, class_attention=True)
         assert set(whole) <= set(wide)
@@ -400,17 +407,11 @@ def test_max_drop_gives_layer_groups_back_by_measured_drop(timm_fixture, tmp_pat
     assert (out.argmax(1) == timm_forward(hard.eval(), x).argmax(1)).all()
 
 
-def test_a_random_init_model_converts_to_the_int8_npu_target(tmp_path):
+def test_a_random_init_model_converts_to_the_int8_npu_target(random_init_model, tmp_path):
     """Seeded random init gives a zero class token, so class attention's q projection outputs ~0: its
     calibrated int8 range, left as it was, made XNNPACK refuse the whole model (nano, measured). With the
     range floor the target converts and LiteRT's default delegate takes it."""
-    from xcit_edge.model.xcit import build_model
-    from xcit_edge.savedmodel import export_saved_model, model_metadata
-    from xcit_edge.zoo import reduced_config
-
-    cfg = reduced_config(depth=2, embed_dim=32)
-    export_saved_model(build_model(cfg, seed=3), tmp_path / "sm", model_metadata(cfg, {"source": "random", "seed": 3}))
-    res = run("--quiet", "convert", tmp_path / "sm", "--target", "tflite-int8-full", "--out", tmp_path / "o",
+    res = run("--quiet", "convert", random_init_model, "--target", "tflite-int8-full", "--out", tmp_path / "o",
               "--json", "--calibration-images", 8)
     assert res.exit_code == 0, res.output
     man = json.loads((tmp_path / "o" / "tflite-int8-full" / "manifest.json").read_text())

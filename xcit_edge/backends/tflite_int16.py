@@ -105,7 +105,13 @@ def layernorm_tensors(g: OpGraph) -> list[int]:
 def class_attention_tensors(g: OpGraph) -> list[int]:
     """Every tensor from the class-token concatenation up to the model outputs, which stay int8: an int8
     accelerator's I/O (the head's input is requantized to int8 for it)."""
-    starts = []
+    start = _class_token_concatenation(g)
+    outputs = {int(o) for o in g.m.sub.outputs}
+    return [] if start is None else [t for t in _descendants(g, [start]) if t not in outputs]
+
+
+def _class_token_concatenation(g: OpGraph) -> int | None:
+    """The output of the first CONCATENATION of a constant [1, 1, C] with a computed [1, N, C], or None."""
     for i, kind in enumerate(g.kind):
         if kind != "CONCATENATION" or len(g.ops[i].inputs) != 2:
             continue
@@ -114,9 +120,8 @@ def class_attention_tensors(g: OpGraph) -> list[int]:
         if sum(consts) == 1 and all(s is not None and len(s) == 3 for s in shapes):
             token = shapes[consts.index(True)]
             if int(token[0]) == 1 and int(token[1]) == 1:
-                starts.append(int(g.ops[i].outputs[0]))
-    outputs = {int(o) for o in g.m.sub.outputs}
-    return [t for t in _descendants(g, starts[:1]) if t not in outputs]
+                return int(g.ops[i].outputs[0])
+    return None
 
 
 def _descendants(g: OpGraph, starts: Iterable[int]) -> list[int]:
