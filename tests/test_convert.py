@@ -359,3 +359,37 @@ def test_nncf_writes_nothing_on_stdout(capfd):
         logger.removeHandler(handler)
     assert captured.out == ""
     assert restored
+
+
+_NO_TF = """
+import sys
+from click.testing import CliRunner
+from xcit_edge.cli import main
+r = CliRunner().invoke(main, sys.argv[1:])
+print(r.exit_code, "tensorflow" in sys.modules, r.stderr.strip().splitlines()[-1])
+"""
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["convert", "xcit_nano_12_p16_224", "--target", "onnxx", "--out", "o"], "(did you mean 'onnx'?)"),
+    (["convert", "./no/such/dir", "--out", "o"], "MODEL ./no/such/dir does not exist"),
+    (["build", "xcit_nanno_12_p16_224", "--out", "o"], "(did you mean 'xcit_nano_12_p16_224'?)"),
+    (["reference", "xcit_nano_12_p16_22", "--calibration", "sample", "--out", "r.npz"], "unknown architecture"),
+    (["validate", "no-such-artifact", "--calibration", "sample"], "artifact no-such-artifact does not exist"),
+    (["inspect", "owner/typo"], "MODEL owner/typo does not exist"),
+])
+def test_bad_arguments_are_refused_before_tensorflow_loads(args, expected, tmp_path):
+    """A typo costs no TensorFlow start-up (10-20 s): arguments are checked first, in a fresh process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _NO_TF, *args], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    code, tf_loaded, line = out.stdout.strip().split(" ", 2)
+    assert (code, tf_loaded) == ("2", "False"), out.stdout + out.stderr
+    assert line.startswith("error: ") and expected in line, line
+
+
+def test_convert_help_lists_every_target():
+    text = run("convert", "--help").output
+    assert all(f"  {name} " in text for name in all_targets()), text

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from xcit_edge import __version__
-from xcit_edge.errors import XcitEdgeError
+from xcit_edge.errors import UsageError, XcitEdgeError
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
@@ -81,7 +81,14 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj.update(verbose=verbose, quiet=quiet, debug=debug)
     _setup_logging(verbose, quiet)
-    if ctx.invoked_subcommand and ctx.invoked_subcommand != "bench" and not verbose:  # bench runs no TF
+
+
+def _tensorflow(ctx: click.Context) -> None:
+    """Load TensorFlow with its start-up banner silenced (-v shows it), once a command's arguments are checked.
+
+    TensorFlow takes ~10-20 s to import: a typo'd target or a missing path is reported before that.
+    """
+    if not ctx.obj.get("verbose"):
         from xcit_edge.tfimport import import_tensorflow_quietly
 
         import_tensorflow_quietly()
@@ -100,7 +107,10 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 def build(ctx, arch, weights, seed, features, img_size, out, force, as_json):
     """Build XCiT ARCH (timm or TF Hub name) and write it as a SavedModel."""
     from xcit_edge.build import build as build_model
+    from xcit_edge.zoo import get_config
 
+    get_config(arch)
+    _tensorflow(ctx)
     with _status(ctx, f"building {arch}"):
         res = build_model(arch, out, weights=weights, seed=seed, features=features, img_size=img_size, force=force)
     if as_json:
@@ -120,8 +130,10 @@ def build(ctx, arch, weights, seed, features, img_size, out, force, as_json):
 def inspect(ctx, model, weights, as_json):
     """Describe MODEL: signatures, layout, XCiT variant, parameters, preprocessing."""
     from xcit_edge.inspection import inspect_model
-    from xcit_edge.source import resolve
+    from xcit_edge.source import check_model_ref, resolve
 
+    check_model_ref(model, weights)
+    _tensorflow(ctx)
     with _status(ctx, f"resolving {model}"):
         info = inspect_model(resolve(model, weights=weights).path)
     if as_json:
@@ -198,10 +210,18 @@ def _convert_stage(targets: list[str]):
     return describe
 
 
-@main.command()
+def _targets_epilog() -> str:
+    """The shipped targets, one line each, for `convert --help` (a pip user has no targets/ folder to read)."""
+    from xcit_edge.targets import all_targets
+
+    lines = [f"  {name:20s} {spec.description}" for name, spec in all_targets().items()]
+    return "\b\nTargets:\n" + "\n".join(lines)
+
+
+@main.command(epilog=_targets_epilog())
 @click.argument("model")
 @click.option("--target", "target", default="all", show_default=True,
-              help="Target name(s), comma-separated, or 'all' (see targets/*.toml).")
+              help="Target name(s), comma-separated, or 'all' (listed below).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for the artifacts.")
 @click.option("--calibration", help="Images for int8 and the post-conversion check: 'sample', a folder, .npy/.npz, "
               "or SUBSET@DIR (e.g. imagenet-val-1k@/data/imagenet/val).")
@@ -246,9 +266,12 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
     """Convert MODEL (SavedModel dir, archive, hub handle or arch name) to TFLite, ONNX and OpenVINO."""
     from xcit_edge.convert import ConvertOptions
     from xcit_edge.convert import convert as run_convert
+    from xcit_edge.source import check_model_ref
     from xcit_edge.targets import parse_targets
 
     specs = parse_targets(target)
+    check_model_ref(model, weights)
+    _tensorflow(ctx)
     opts = ConvertOptions(
         calibration=calibration, labels_file=labels_file, calibration_images=calibration_images,
         signature=signature, output_key=output_key,
@@ -335,12 +358,19 @@ def _validate_stage(stage: str, done: int, total: int) -> str:
 def validate(ctx, artifacts, source, reference, calibration, labels_file, max_images, weights, no_localize,
              report_dir, max_memory, trust_model, as_json):
     """Run ARTIFACTS (convert's output directories) against the source model; exit 1 if any misses its target."""
+    from xcit_edge.source import check_model_ref
     from xcit_edge.validate import ValidateOptions
     from xcit_edge.validate import validate as run_validate
 
     opts = ValidateOptions(source=source, reference=reference, calibration=calibration, labels_file=labels_file,
                            max_images=max_images, weights=weights, localize=not no_localize, trust_model=trust_model,
                            max_memory=_max_memory(max_memory))
+    missing = [str(a) for a in artifacts if not a.exists()]
+    if missing:
+        raise UsageError(f"artifact {missing[0]} does not exist")
+    if source:
+        check_model_ref(source, weights)
+    _tensorflow(ctx)
     progress = _Bars(ctx.obj.get("quiet", False), _validate_stage)
     with progress.bar:
         result = run_validate(list(artifacts), opts, progress=progress)
@@ -399,10 +429,14 @@ def reference(ctx, model, calibration, out, labels_file, max_images, weights, si
               zone, project, batch_size, precision, replicas, max_memory, trust_model, as_json):
     """Run MODEL on the calibration images (CPU, GPUs or a Cloud TPU) and store its outputs for validate."""
     from xcit_edge.reference import ReferenceOptions, compute_reference
+    from xcit_edge.source import check_model_ref
+
+    check_model_ref(model, weights)
 
     opts = ReferenceOptions(device=device, tpu=tpu, zone=zone, project=project, batch_size=batch_size,
                             precision=precision, replicas=replicas, trust_model=trust_model,
                             max_memory=_max_memory(max_memory))
+    _tensorflow(ctx)
     progress = _Bars(ctx.obj.get("quiet", False), _validate_stage)
     with progress.bar:
         ref = compute_reference(model, calibration, labels_file=labels_file, max_images=max_images, weights=weights,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class XcitEdgeError(Exception):
     """A failure the user can act on; the message is the whole story."""
@@ -25,3 +28,9 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (its type name when it has none), at most `limit` characters."""
     text = str(e).strip()
     return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest known name, or '' when none is close: typos get a hint, not a list."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

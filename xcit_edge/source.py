@@ -206,12 +206,35 @@ def resolve(ref: str, weights: Path | None = None, seed: int = 0, features: bool
         if path.name.endswith(ARCHIVE_SUFFIXES):
             return extract_archive(path)
         raise UsageError(f"{ref} is a file, not a SavedModel directory or archive ({', '.join(ARCHIVE_SUFFIXES)})")
-    if ref.lower().startswith("xcit_") and "/" not in ref:
+    check_model_ref(ref, weights)
+    if _is_arch_name(ref):
         return build_cached(ref, weights, seed, features)
+    return fetch_hub(ref, progress)
+
+
+def _is_arch_name(ref: str) -> bool:
+    return ref.lower().startswith("xcit_") and "/" not in ref
+
+
+def check_model_ref(ref: str, weights: Path | None = None) -> None:
+    """Reject a MODEL argument that cannot resolve, without TensorFlow or network: a typo costs no start-up.
+
+    Raises:
+        UsageError: a path that does not exist, an unknown architecture name (with the closest one), a
+            `--weights` given with something other than an architecture name, or no kind of MODEL at all.
+    """
+    path = Path(ref).expanduser()
+    if path.exists():
+        return
+    if _is_arch_name(ref):
+        get_config(ref)
+        return
     if hub_download_url(ref):
         if weights is not None:
             raise UsageError("--weights applies to an architecture name, not to a hub handle")
-        return fetch_hub(ref, progress)
+        return
+    if ref.startswith((".", "~", os.sep)) or ref.endswith(ARCHIVE_SUFFIXES) or os.sep in ref:
+        raise UsageError(f"MODEL {ref} does not exist (nor is it a hub handle owner/name/version)")
     raise UsageError(
         f"{ref!r} is not a SavedModel directory, archive, hub handle (owner/name/version) or XCiT architecture name"
     )

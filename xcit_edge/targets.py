@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 
-from xcit_edge.errors import UsageError, XcitEdgeError
+from xcit_edge.errors import UsageError, XcitEdgeError, did_you_mean
 from xcit_edge.resources import data_dir
 
 BACKEND_NAMES = ("tflite", "onnx", "openvino")
@@ -97,5 +97,5 @@ def parse_targets(text: str) -> list[TargetSpec]:
         raise UsageError("no target given; use --target NAME[,NAME...] or --target all")
     bad = [n for n in names if n not in known]
     if bad:
-        raise UsageError(f"unknown target {bad[0]!r}; known: {', '.join(known)} (or all)")
+        raise UsageError(f"unknown target {bad[0]!r}{did_you_mean(bad[0], known)}; known: {', '.join(known)} (or all)")
     return [known[n] for n in dict.fromkeys(names)]

@@ -11,7 +11,7 @@ import itertools
 import re
 from dataclasses import asdict, dataclass, replace
 
-from xcit_edge.errors import UsageError
+from xcit_edge.errors import UsageError, did_you_mean
 
 # family -> (embed_dim, depth, num_heads, tokens_norm); from timm/models/xcit.py.
 FAMILIES: dict[str, tuple[int, int, int, bool]] = {
@@ -100,9 +100,10 @@ def get_config(name: str, *, features: bool | None = None, img_size: int | None 
         cfg = replace(FIXTURE, features=base.endswith("_fe") if features is None else features)
         return with_img_size(cfg, img_size) if img_size is not None else cfg
     m = _NAME_RE.match(base)
-    if not m or m.group(1) not in FAMILIES or int(m.group(2)) not in PATCH_SIZES:
+    if not m or m.group(1) not in FAMILIES or int(m.group(2)) not in PATCH_SIZES or int(m.group(3)) not in RESOLUTIONS:
         raise UsageError(
-            f"unknown architecture {name!r}; known: {', '.join(timm_names())} "
+            f"unknown architecture {name!r}{did_you_mean(base.removesuffix('_fe'), timm_names())}; "
+            f"known: {', '.join(timm_names())} "
             "(TF Hub feature-extractor names end in _fe)"
         )
     family, patch, res, fe = m.group(1), int(m.group(2)), int(m.group(3)), bool(m.group(4))
