@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -119,10 +120,13 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+_PROGRESS_LINE = re.compile(r"^\[\d+:\d\d\] .* \(\d+/\d+\)$")  # the CLI's progress off a terminal
+
+
 def one_line_error(result, code=2):
     """Assert a failure printed exactly one `error:` line (no traceback) with exit `code`."""
     assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
+    lines = [ln for ln in result.stderr.strip().splitlines() if not _PROGRESS_LINE.match(ln)]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     return lines[0]
 

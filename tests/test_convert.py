@@ -393,3 +393,20 @@ def test_bad_arguments_are_refused_before_tensorflow_loads(args, expected, tmp_p
 def test_convert_help_lists_every_target():
     text = run("convert", "--help").output
     assert all(f"  {name} " in text for name in all_targets()), text
+
+
+def test_progress_off_a_terminal_is_one_line_per_step(capsys):
+    """CI logs and `2>log` get a line per step (validate was minutes of silence), not one per image."""
+    from xcit_edge.cli import _Bars, _convert_stage
+
+    bars = _Bars(quiet=False, describe=_convert_stage(["onnx", "openvino"]), tty=False)
+    with bars.bar:
+        for i in range(50):
+            bars("calibration", i + 1, 50)
+        for done in (0, 1, 2):
+            bars("targets", done, 2)
+    lines = capsys.readouterr().err.splitlines()
+    steps = [line.split("] ", 1)[1] for line in lines]
+    assert steps == ["calibration images (1/50)", "calibration images (50/50)", "converting onnx (0/2)",
+                     "converting openvino (1/2)", "targets done (2/2)"], lines
+    assert _Bars(quiet=True, tty=False).lines is False
