@@ -142,6 +142,7 @@ def test_noisy_weights_fail_and_the_first_block_is_named(sabotaged, fixture_dir,
     assert "first diverging block: XCA block 0" in res.stdout
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## Failures" in md and "first diverging block: XCA block 0" in md and "| onnx | FAIL |" in md
+    assert "onnx (localization, information): " in md  # where the search looked is not a second failure
     doc = json.loads((tmp_path / "r" / "report.json").read_text())
     loc = doc["artifacts"][0]["localization"]
     assert loc["first_diverging_block"] == 0 and len(loc["blocks"]) == FIXTURE.depth
@@ -231,3 +232,10 @@ def test_feature_extractor_is_held_to_feature_metrics(tmp_path, held_npz):
     ref, out = prepare(sm).run(x), _run_artifact(arts[1], x)
     want = (neighbours(out, 5) == neighbours(ref, 1)).any(1).mean()
     assert by["openvino-int8"]["nn_agreement"] == pytest.approx(want) and want < 1.0
+
+
+def test_report_names_images_by_folder_and_file():
+    from xcit_edge.report import image_label
+
+    assert image_label("/venv/lib/site-packages/xcit_edge/_calibration/sample/circle/0007.jpg") == "circle/0007.jpg"
+    assert image_label("held.npz[12]") == "held.npz[12]"

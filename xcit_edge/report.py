@@ -75,8 +75,8 @@ def _histogram(v) -> bytes:
             continue
         err = np.abs(a.outputs.astype(np.float64) - v.ref_outputs).reshape(-1)
         ax.hist(np.log10(np.maximum(err, 1e-12)), bins=60, histtype="step", color=c, label=a.target)
-    ax.set_xlabel("log10 |artifact - reference|", fontsize=8)
-    ax.set_ylabel("values", fontsize=8)
+    ax.set_xlabel("log10 |artifact - reference|, per output value", fontsize=8)
+    ax.set_ylabel("output values (images x outputs), log scale", fontsize=8)
     ax.set_yscale("log")
     ax.legend(fontsize=7)
     return _png(fig)
@@ -191,10 +191,20 @@ def summary_lines(v) -> list[str]:
 
 
 def failure_lines(a) -> list[str]:
+    """What failed, then where the search for the first diverging block looked: that second line is
+    information (it may say every block matches), so it is labelled as such rather than read as a failure."""
     lines = [f"{a.target}: " + "; ".join(a.failures)]
     if a.localization:
-        lines.append(f"{a.target}: {a.localization.get('summary') or a.localization.get('why')}")
+        lines.append(f"{a.target} (localization, information): "
+                     f"{a.localization.get('summary') or a.localization.get('why')}")
     return lines
+
+
+def image_label(path: str) -> str:
+    """An image as a reader finds it: its folder and file name (`circle/0007.jpg`), not a 100-character
+    site-packages path; the full path stays in report.json."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
 def markdown(v, images: list[str]) -> str:
@@ -209,7 +219,8 @@ def markdown(v, images: list[str]) -> str:
         if a.worst:
             out += ["", f"## {a.target}: images furthest from the reference", "",
                     "| image | cosine | KL | label | reference | artifact |", "|---|---|---|---|---|---|"]
-            out += [f"| {w['image']} | {_fmt(w['cosine'], 6)} | {_fmt(w.get('kl'))} | {w.get('label', '–')} | "
+            out += [f"| {image_label(w['image'])} | {_fmt(w['cosine'], 6)} | {_fmt(w.get('kl'))} | "
+                    f"{w.get('label', '–')} | "
                     f"{w.get('reference_top1', '–')} | {w.get('artifact_top1', '–')} |" for w in a.worst]
     out += ["", "## Plots", ""] + [f"![{_CAPTIONS[n]}]({n})" for n in images]
     return "\n".join(out) + "\n"
@@ -247,7 +258,7 @@ def html_report(v, pngs: dict[str, bytes]) -> str:
     for a in v.artifacts:
         if a.worst:
             wh = ["image", "cosine", "KL", "label", "reference", "artifact"]
-            wr = [[w["image"], _fmt(w["cosine"], 6), _fmt(w.get("kl")), w.get("label", "–"),
+            wr = [[image_label(w["image"]), _fmt(w["cosine"], 6), _fmt(w.get("kl")), w.get("label", "–"),
                    w.get("reference_top1", "–"), w.get("artifact_top1", "–")] for w in a.worst]
             parts += [f"<h3>{html.escape(a.target)}: images furthest from the reference</h3>", _html_table(wh, wr)]
     parts.append("</body></html>")
