@@ -375,7 +375,7 @@ print(r.exit_code, "tensorflow" in sys.modules, r.stderr.strip().splitlines()[-1
     (["convert", "./no/such/dir", "--out", "o"], "MODEL ./no/such/dir does not exist"),
     (["build", "xcit_nanno_12_p16_224", "--out", "o"], "(did you mean 'xcit_nano_12_p16_224'?)"),
     (["reference", "xcit_nano_12_p16_22", "--calibration", "sample", "--out", "r.npz"], "unknown architecture"),
-    (["validate", "no-such-artifact", "--calibration", "sample"], "artifact no-such-artifact does not exist"),
+    (["validate", "no-such-artifact", "--calibration", "sample"], "artifact not found: no-such-artifact"),
     (["inspect", "owner/typo"], "MODEL owner/typo does not exist"),
 ])
 def test_bad_arguments_are_refused_before_tensorflow_loads(args, expected, tmp_path):

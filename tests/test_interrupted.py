@@ -184,7 +184,9 @@ def test_a_second_convert_into_a_locked_out_fails_clearly_or_waits(fixture_dir, 
     holder.start()
     holding.wait()
     with caplog.at_level(logging.WARNING, logger="xcit_edge.fsutil"):
-        # --wait: past the lock once the holder lets go, then on to the next check (a model that is not there)
+        # --wait: past the lock once the holder lets go, then on to the next check (a folder that is no
+        # SavedModel: a MODEL path that does not exist is refused before any lock is taken)
+        (tmp_path / "no-model").mkdir()
         line = one_line_error(run("convert", tmp_path / "no-model", "--out", out, "--wait"))
     holder.join()
     assert any("waiting" in r.message for r in caplog.records) and "no-model" in line

@@ -384,7 +384,7 @@ def validate(ctx, artifacts, source, reference, calibration, labels_file, max_im
                            max_memory=_max_memory(max_memory))
     missing = [str(a) for a in artifacts if not a.exists()]
     if missing:
-        raise UsageError(f"artifact {missing[0]} does not exist")
+        raise UsageError(f"artifact not found: {missing[0]} does not exist")
     if source:
         check_model_ref(source, weights)
     _tensorflow(ctx)
