@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from xcit_edge import __version__
-from xcit_edge.errors import UsageError, XcitEdgeError
+from xcit_edge.errors import XcitEdgeError
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
@@ -376,15 +376,14 @@ def validate(ctx, artifacts, source, reference, calibration, labels_file, max_im
              report_dir, max_memory, trust_model, as_json):
     """Run ARTIFACTS (convert's output directories) against the source model; exit 1 if any misses its target."""
     from xcit_edge.source import check_model_ref
-    from xcit_edge.validate import ValidateOptions
+    from xcit_edge.validate import ValidateOptions, require_artifact
     from xcit_edge.validate import validate as run_validate
 
     opts = ValidateOptions(source=source, reference=reference, calibration=calibration, labels_file=labels_file,
                            max_images=max_images, weights=weights, localize=not no_localize, trust_model=trust_model,
                            max_memory=_max_memory(max_memory))
-    missing = [str(a) for a in artifacts if not a.exists()]
-    if missing:
-        raise UsageError(f"artifact not found: {missing[0]} does not exist")
+    for a in artifacts:
+        require_artifact(a)
     if source:
         check_model_ref(source, weights)
     _tensorflow(ctx)

@@ -174,14 +174,19 @@ def artifact_paths(paths: list[Path], command: str) -> list[Path]:
     return paths
 
 
+def require_artifact(path: Path) -> None:
+    """Refuse a path that is not there (UsageError); cheap and TensorFlow-free, so the CLI calls it first."""
+    if not Path(path).exists():
+        raise UsageError(f"artifact not found: {path}")
+
+
 def open_artifact(path: Path, threads: int | None = None, load: bool = True, run_check: bool = True) -> OpenArtifact:
     """Open an artifact directory (or its model file): manifest, file hashes, (`run_check`) one run with its
     runtime's defaults in a child process, then (`load`) its runtime (threads: the runtime's thread count,
     None for its default). A file the runtime refuses there is bad input (UsageError, exit 2, as when `load`
     refuses it); one on which it dies (a signal, a hang) is returned with `broken` set, not loaded."""
     path = Path(path)
-    if not path.exists():
-        raise UsageError(f"artifact not found: {path}")
+    require_artifact(path)
     where = path if path.is_dir() else path.parent
     manifest = read_manifest(where)
     spec = shipped_spec(manifest, where)
