@@ -146,3 +146,19 @@ def test_missing_parents_are_created_and_removed_again_on_failure(tmp_path):
     # a bad checkpoint is caught before any directory is made
     one_line_error(run("build", NANO, "--weights", str(junk), "--out", str(tmp_path / "x" / "y")))
     assert not (tmp_path / "x").exists()
+
+
+def test_random_init_nano_gets_every_fusion(nano_dir, tmp_path):
+    """Command 1's model: a fresh init has LayerScale gammas, temperatures and LayerNorm γ exactly 1 and β 0,
+    which TensorFlow's optimizer folds away before tf2onnx; the rewrites match what the graph computes, so
+    the ONNX artifact still shows one XCA function node per block and every LayerNorm as one node."""
+    import onnx
+
+    res = run("--quiet", "convert", str(nano_dir), "--target", "onnx", "--out", str(tmp_path / "o"), "--json",
+              "--calibration-images", 4)
+    assert res.exit_code == 0, res.output
+    (entry,) = json.loads(res.stdout)["artifacts"]
+    assert entry["xca_fused"] == 12 and entry["check"]["cosine_mean"] >= 0.9999, entry
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "o" / "onnx" / "model.onnx")).graph.node]
+    assert ops.count("XCA") == 12
+    assert ops.count("LayerNormalization") == 41  # 12 blocks x 3, 2 class-attention blocks x 2, the final norm

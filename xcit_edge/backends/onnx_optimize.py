@@ -11,7 +11,8 @@ form TFLite needs); ONNX Runtime fuses only `erf(x / 1.4142135)` into its Gelu k
   (ONNX opset 17). Found by structure (a mean, the mean of the squared deviation from it, ε
   added) and confirmed by value: the model is run once on a seeded probe and the candidate
   output must equal numpy's LayerNorm of the probed input with the block's own γ and β
-  constants. Anything that does not verify is left as it is.
+  constants, or γ = 1 / β = 0 where TensorFlow's optimizer folded a multiply by ones or an add of
+  zeros away (a freshly initialized model). Anything that does not verify is left as it is.
 * `gelu_div_form`: `Erf(Mul(x, 1/√2))` becomes `Erf(Div(x, √2))`, and a `+1` constant of shape
   (1, 1, 1, 1) a scalar (ONNX Runtime's GeluFusion takes only a scalar there).
 * `fold_scales`: per-channel constant multiplications folded into the weights next to them.
@@ -123,7 +124,7 @@ def _probe(model, tensors: list[str], seed: int = 0) -> dict[str, np.ndarray]:
     return dict(zip(names, sess.run(names, {inp.name: x}), strict=True))
 
 
-def _matches(x: np.ndarray, y: np.ndarray, eps: float, gamma, beta) -> bool:
+def _matches(x: np.ndarray, y: np.ndarray, eps: float, gamma: np.ndarray, beta: np.ndarray) -> bool:
     if y.shape != x.shape or gamma.shape != (x.shape[-1],) or beta.shape != (x.shape[-1],):
         return False
     x64 = x.astype(np.float64)
@@ -132,20 +133,27 @@ def _matches(x: np.ndarray, y: np.ndarray, eps: float, gamma, beta) -> bool:
     return rel_max_err(y, want) <= 1e-4
 
 
-def _choose(ix: _Index, site: dict, values: dict):
-    """(output node, γ name, β name) of a verified LayerNorm, else None."""
+def _choose(ix: _Index, site: dict, values: dict) -> tuple[object, np.ndarray, np.ndarray] | None:
+    """(output node, γ, β) of a verified LayerNorm, else None.
+
+    γ and β are constants of the region, or absent: a LayerNorm whose γ is all ones or β all zeros (a
+    freshly initialized model, command 1's nano) reaches tf2onnx with that multiply or add folded away by
+    TensorFlow's optimizer, and is the same LayerNorm with γ = 1, β = 0.
+    """
     x = values[site["x"]]
     width = x.shape[-1]
-    consts = {i for n in site["region"] for i in n.input if i in ix.inits and ix.inits[i].size == width}
+    consts = {i: ix.inits[i].reshape(-1) for n in site["region"] for i in n.input
+              if i in ix.inits and ix.inits[i].size == width}
+    gammas = [*consts.items(), ("", np.ones(width, np.float32))]
+    betas = [*consts.items(), ("", np.zeros(width, np.float32))]
     for node in reversed(site["region"]):  # the furthest node that is the whole LayerNorm
         y = values.get(node.output[0])
         if y is None:
             continue
-        for g in consts:
-            for b in consts - {g}:
-                gamma, beta = ix.inits[g].reshape(-1), ix.inits[b].reshape(-1)
-                if _matches(x, y, site["eps"], gamma, beta):
-                    return node, g, b
+        for g, gamma in gammas:
+            for b, beta in betas:
+                if (not g or g != b) and _matches(x, y, site["eps"], gamma, beta):
+                    return node, gamma, beta
     return None
 
 
@@ -164,10 +172,10 @@ def fuse_layernorm(model) -> tuple[object, int]:
         chosen = _choose(ix, site, values)
         if chosen is None:
             continue
-        out, g, b = chosen
+        out, gamma, beta = chosen
         names = (f"xcit_edge/ln_{k}/gamma", f"xcit_edge/ln_{k}/beta")
-        for name, src in zip(names, (g, b), strict=True):
-            model.graph.initializer.append(numpy_helper.from_array(ix.inits[src].reshape(-1).astype(np.float32), name))
+        for name, value in zip(names, (gamma, beta), strict=True):
+            model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
         ln = onnx.helper.make_node("LayerNormalization", [site["x"], *names], [out.output[0]],
                                    name=f"xcit_edge/ln_{k}", axis=-1, epsilon=site["eps"])
         idx = list(model.graph.node).index(out)

@@ -7,7 +7,10 @@ nano, and ONNX Runtime inlines the function when it loads the model. Inputs of t
 are the qkv tensor and the block's temperature; every other constant the block reads (shapes,
 axes, ε) becomes a Constant inside the body, which is why the bodies of all blocks are
 identical and one definition serves them all (checked: a block whose body differs stays
-inlined and the artifact's XCA count says so).
+inlined and the artifact's XCA count says so). A temperature of exactly 1 (every block of a freshly
+initialized model) reaches ONNX folded away, `τ / ‖q‖` written as `Reciprocal(‖q‖)`: such a block
+gets its temperature back as an all-ones input first, so its body is the same as any other's and the
+function's signature does not depend on weight values.
 
 Consumers that cannot read model-local functions (OpenVINO 2026.4's ONNX frontend refuses
 them, see ../shared/XCIT.md) get `inline(model)`: the same graph with the bodies expanded.
@@ -16,6 +19,8 @@ them, see ../shared/XCIT.md) get `inline(model)`: the same graph with the bodies
 from __future__ import annotations
 
 import logging
+
+import numpy as np
 
 from xcit_edge.backends.onnx_optimize import drop_unused
 from xcit_edge.graph.xca import PREFIX, block_of, count_blocks
@@ -37,12 +42,15 @@ def _body(model, nodes: list, inits: dict, temperature: str):
     from onnx import helper, numpy_helper
 
     produced = {o for n in nodes for o in n.output}
-    consumed_outside = {i for n in model.graph.node if n not in nodes for i in n.input}
+    names = {n.name for n in nodes}
+    consumed_outside = {i for n in model.graph.node if n.name not in names for i in n.input}
     consumed_outside |= {o.name for o in model.graph.output}
     outputs = [o for n in nodes for o in n.output if o in consumed_outside]
     inputs = [i for n in nodes for i in n.input if i and i not in produced and i not in inits]
     inputs = list(dict.fromkeys(inputs))
     if len(inputs) != 1 or len(outputs) != 1:
+        log.warning("XCA block %s: %d inputs (%s) and %d outputs (%s), not one of each; left inlined",
+                    nodes[0].name, len(inputs), ", ".join(inputs[:3]), len(outputs), ", ".join(outputs[:3]))
         return None
     rename = {inputs[0]: "qkv", temperature: "temperature", outputs[0]: "out"}
     body = []
@@ -61,23 +69,61 @@ def _body(model, nodes: list, inits: dict, temperature: str):
     return inputs[0], outputs[0], body
 
 
+def _restore_temperature(model, nodes: list, inits: dict, block: int) -> str | None:
+    """Undo the folding of a temperature of ones: `Reciprocal(q_norm_col)` becomes `Div(τ = 1, q_norm_col)`.
+
+    The head count comes from the `q_norm_col` reshape's target shape (-1, h, d, 1) written by the TF-graph
+    emitter (`graph.xca`). Returns the new temperature's name, or None when the block is not in that form.
+    """
+    from onnx import numpy_helper
+
+    by_role = {n.name.rsplit("/", 1)[-1]: n for n in nodes}
+    recip, col = by_role.get("q_scale"), by_role.get("q_norm_col")
+    if recip is None or recip.op_type != "Reciprocal" or col is None or col.input[1] not in inits:
+        return None
+    shape = numpy_helper.to_array(inits[col.input[1]]).reshape(-1)
+    if shape.size != 4:
+        return None
+    name = f"{PREFIX}{block}/temperature"
+    tau = numpy_helper.from_array(np.ones((int(shape[1]), 1, 1), np.float32), name)
+    model.graph.initializer.append(tau)
+    inits[name] = tau
+    recip.op_type = "Div"
+    recip.input.insert(0, name)
+    return name
+
+
+def _blocks(model) -> dict[int, list]:
+    """The nodes of each fused block, by block index, in graph order."""
+    blocks: dict[int, list] = {}
+    for n in model.graph.node:
+        if (b := block_of(n.name)) is not None:
+            blocks.setdefault(b, []).append(n)
+    return dict(sorted(blocks.items()))
+
+
+def _temperature(model, nodes: list, inits: dict, block: int) -> str | None:
+    """The block's one temperature initializer (restored if folded away), else None (logged)."""
+    temps = set(i for n in nodes for i in n.input if i in inits and "temperature" in i)
+    if not temps and (restored := _restore_temperature(model, nodes, inits, block)):
+        temps = {restored}
+    if len(temps) != 1:
+        log.warning("XCA block %d: %d temperature constants, not one; left inlined", block, len(temps))
+        return None
+    return temps.pop()
+
+
 def package_xca(model):
     """Replace every fused block by an `xcit_edge.XCA` function call; returns (model, blocks packaged)."""
     from onnx import helper
 
     inits = {t.name: t for t in model.graph.initializer}
-    blocks: dict[int, list] = {}
-    for n in model.graph.node:
-        if (b := block_of(n.name)) is not None:
-            blocks.setdefault(b, []).append(n)
-    if not blocks:
-        return model, 0
-    function, packaged = None, 0
-    for b, nodes in sorted(blocks.items()):
-        temps = [i for n in nodes for i in n.input if i in inits and "temperature" in i]
-        parsed = _body(model, nodes, inits, temps[0]) if len(set(temps)) == 1 else None
+    blocks = _blocks(model)
+    temps = {b: _temperature(model, nodes, inits, b) for b, nodes in blocks.items()}
+    function, calls = None, {}
+    for b, nodes in blocks.items():
+        parsed = _body(model, nodes, inits, temps[b]) if temps[b] else None
         if parsed is None:
-            log.warning("XCA block %d: not a single-input single-output group; left inlined", b)
             continue
         qkv, out, body = parsed
         proto = helper.make_function(DOMAIN, OP_TYPE, ["qkv", "temperature"], ["out"], body,
@@ -87,24 +133,24 @@ def package_xca(model):
         elif proto.SerializeToString() != function.SerializeToString():
             log.warning("XCA block %d: its body differs from block 0's; left inlined", b)
             continue
-        _replace(model, nodes, helper.make_node(OP_TYPE, [qkv, temps[0]], [out], name=f"{PREFIX}{b}",
-                                                domain=DOMAIN))
-        packaged += 1
-    if function is not None and packaged:
+        calls[b] = helper.make_node(OP_TYPE, [qkv, temps[b]], [out], name=f"{PREFIX}{b}", domain=DOMAIN)
+    if calls:
+        _replace(model, {b: blocks[b] for b in calls}, calls)
         model.functions.append(function)
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
         drop_unused(model)
-    return model, packaged
+    return model, len(calls)
 
 
-def _replace(model, nodes: list, call) -> None:
-    """Put `call` where the block's first node was (keeps the graph topologically sorted)."""
-    names = {n.name for n in nodes}
+def _replace(model, blocks: dict[int, list], calls: dict) -> None:
+    """Put each block's call where the block's first node was (keeps the graph topologically sorted)."""
+    first = {nodes[0].name: calls[b] for b, nodes in blocks.items()}
+    gone = {n.name for nodes in blocks.values() for n in nodes}
     kept = []
     for n in model.graph.node:
-        if n.name == nodes[0].name:
-            kept.append(call)
-        if n.name not in names:
+        if n.name in first:
+            kept.append(first[n.name])
+        if n.name not in gone:
             kept.append(n)
     del model.graph.node[:]
     model.graph.node.extend(kept)
