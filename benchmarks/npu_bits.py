@@ -6,7 +6,7 @@ Builds the trained fixture and its quantization stress variant (`xcit_edge/model
 with the `tflite-16x8-full` recipe (every op integer, ai-edge-quantizer) under activation policies, from int8
 everywhere (int16 only in XCA's L2 normalization, without which LiteRT's int8 DIV refuses a divisor
 quantized to zero) to int16 everywhere (`tflite-16x8-full`), with LayerNorm equalization
-(`backends/tflite_equalize.py`) and int16 LayerNorm internals and class attention (`backends/tflite_int16.py`)
+(`backends/tflite/equalize.py`) and int16 LayerNorm internals and class attention (`backends/tflite/int16.py`)
 added one at a time between them (all three: `tflite-int8-full`), and reports accuracy, drop, top-1 agreement
 and cosine against the float32 source on held-out images (seed 11; calibration seed 10). Every int8 target
 promises cosine >= 0.99 and a drop <= 1 point on both fixtures.

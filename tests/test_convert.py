@@ -96,7 +96,7 @@ def test_inline_functions_gives_a_model_openvino_reads(fixture_artifacts, fixtur
     import onnx
     import openvino as ov
 
-    from xcit_edge.backends.onnx_xca import count_xca
+    from xcit_edge.backends.onnx.functions import count_xca
 
     res = run("--quiet", "convert", fixture_dir, "--target", "onnx", "--inline-functions", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output

@@ -228,7 +228,7 @@ def test_int16_placement_is_found_by_structure_also_on_random_init(fixture_dir, 
     from ai_edge_litert.interpreter import Interpreter
 
     from xcit_edge.backends import tflite
-    from xcit_edge.backends.tflite_int16 import int16_tensors
+    from xcit_edge.backends.tflite.int16 import int16_tensors
     from xcit_edge.graph import prepare
     for model, depth in ((fixture_dir, 4), (random_init_model, 2)):
         data = tflite.float_model(prepare(model), integer_friendly=True)
@@ -245,7 +245,7 @@ def test_int16_placement_is_found_by_structure_also_on_random_init(fixture_dir, 
 
 
 def _channel_spread(data: bytes, tensor: int, x: np.ndarray) -> float:
-    from xcit_edge.backends.tflite_equalize import channel_ranges
+    from xcit_edge.backends.tflite.equalize import channel_ranges
 
     lo, hi = channel_ranges(data, [tensor], x)[tensor]
     return float((hi - lo).max() / (hi - lo).min())
@@ -258,8 +258,8 @@ def test_layernorm_equalization_evens_the_channels_and_keeps_the_function(stress
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from xcit_edge.backends import tflite
-    from xcit_edge.backends.tflite_equalize import equalize_layernorms, find_layernorms
-    from xcit_edge.backends.tflite_rewrite import compare
+    from xcit_edge.backends.tflite.equalize import equalize_layernorms, find_layernorms
+    from xcit_edge.backends.tflite.rewrite import compare
     from xcit_edge.graph import prepare
     from xcit_edge.metrics import agreement
 
@@ -290,7 +290,7 @@ def test_integer_friendly_rewrites_are_exact(fixture_dir):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from xcit_edge.backends.tflite import float_model
-    from xcit_edge.backends.tflite_rewrite import integer_friendly, verify
+    from xcit_edge.backends.tflite.rewrite import integer_friendly, verify
     from xcit_edge.graph import prepare
 
     plain = float_model(prepare(fixture_dir))

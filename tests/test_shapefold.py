@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 
 from xcit_edge.graph.canonicalize import op_counts
+from xcit_edge.graph.run import run_graph
 from xcit_edge.graph.shapefold import classify, fold_shape_math
-from xcit_edge.graph.xca import run_graph
 
 
 def _frozen(f, shape=(None, 6, 4)):

@@ -46,3 +46,6 @@ def test_wheel_carries_targets_and_calibration_data(tmp_path):
         assert f"xcit_edge/_targets/{spec}.toml" in names
     assert "xcit_edge/_calibration/imagenet-1k-labels.tsv" in names
     assert sum(n.startswith("xcit_edge/_calibration/sample/") for n in names) == 80
+    package = root / "xcit_edge"
+    for module in package.rglob("*.py"):  # every module (a new subpackage must be declared in pyproject.toml)
+        assert f"xcit_edge/{module.relative_to(package).as_posix()}" in names, module

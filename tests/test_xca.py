@@ -11,7 +11,8 @@ import pytest
 from conftest import one_line_error, run
 
 from xcit_edge.errors import ConversionError
-from xcit_edge.graph.xca import count_blocks, fuse_xca, reference_xca
+from xcit_edge.graph.xca import fuse_xca, reference_xca
+from xcit_edge.graph.xca_names import count_blocks
 
 tf = pytest.importorskip("tensorflow")
 

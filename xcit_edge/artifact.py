@@ -9,31 +9,28 @@ source right after conversion.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 import json
 import platform
 from pathlib import Path
 
 from xcit_edge import __version__
+from xcit_edge.backends import all_backends
 from xcit_edge.errors import UsageError
 from xcit_edge.fsutil import read_json_document, sha256_file
 from xcit_edge.preprocessing import LAYOUTS, Preprocessing
+from xcit_edge.util.versions import distribution_versions
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "xcit-edge.artifact/1"
 LABELS_FILE = "labels.txt"
-_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "openvino",
-                  "ai-edge-litert", "nncf", "numpy", "mediapipe")
+_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "keras", "numpy")  # and every backend's DISTRIBUTIONS
 
 
 def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for dist in _DISTRIBUTIONS:
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
+    """Python and the installed libraries a conversion used (the backends' own distributions included)."""
+    dists = [*_DISTRIBUTIONS, *(d for b in all_backends().values() for d in b.DISTRIBUTIONS)]
+    installed = {k: v for k, v in distribution_versions(dists).items() if v is not None}
+    return {"python": platform.python_version(), **installed}
 
 
 def file_entries(workdir: Path, files: list[str]) -> list[dict]:

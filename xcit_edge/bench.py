@@ -36,7 +36,6 @@ from xcit_edge.errors import ConversionError, UsageError
 
 log = logging.getLogger(__name__)
 
-RUNTIME_MODULES = {"tflite": "ai_edge_litert", "onnx": "onnxruntime", "openvino": "openvino"}
 PROBE_RUNS = 3
 PROBE_TIMEOUT_S = 600
 
@@ -105,15 +104,12 @@ class BenchResult:
 
 def machine_info() -> dict:
     """What a reader needs to compare runs: the CPU, the cores used, the runtimes' versions."""
-    from importlib.metadata import PackageNotFoundError, version
+    from xcit_edge.backends import all_backends
+    from xcit_edge.util.versions import distribution_versions
 
-    versions = {}
-    for name, dist in {"tflite": "ai-edge-litert", "onnx": "onnxruntime", "openvino": "openvino",
-                       "numpy": "numpy"}.items():
-        try:
-            versions[name] = version(dist)
-        except PackageNotFoundError:
-            versions[name] = None
+    runtimes = {name: b.DISTRIBUTIONS[0] for name, b in all_backends().items()}  # the runtime is listed first
+    found = distribution_versions([*runtimes.values(), "numpy"])
+    versions = {**{name: found[dist] for name, dist in runtimes.items()}, "numpy": found["numpy"]}
     return {"platform": platform.platform(), "processor": _cpu_model(), "isa": isa_flags(),
             "usable_cores": usable_cores(), "python": platform.python_version(), "versions": versions}
 
@@ -305,11 +301,12 @@ def probe(path: Path, batch: int, threads: int) -> dict:
     import importlib
 
     from xcit_edge.artifact import read_manifest
+    from xcit_edge.backends import backend
     from xcit_edge.validate import open_artifact, shipped_spec
 
     where = Path(path)
     spec = shipped_spec(read_manifest(where), where)
-    importlib.import_module(RUNTIME_MODULES[spec.backend])
+    importlib.import_module(backend(spec.backend).RUNTIME_MODULE)
     base = _peak_rss_mib()
     art = open_artifact(where, threads, run_check=False)  # bench checked it before timing
     x = _artifact_input(art.manifest["io"]["input"], batch, np.random.default_rng(0))

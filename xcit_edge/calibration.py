@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.errors import UsageError
+from xcit_edge.errors import UsageError, first_line
 from xcit_edge.preprocessing import Preprocessing
 from xcit_edge.resources import data_dir
 
@@ -266,7 +266,7 @@ def _decode_all(files: list[Path], labels: list[int | None], pre: Preprocessing,
             names.append(display_name(p))
             kept.append(lab)
         except Exception as e:  # noqa: BLE001 - an untrusted file Pillow (or a plugin bug) rejects: skip it
-            skipped.append((display_name(p), str(e).splitlines()[0] if str(e) else type(e).__name__))
+            skipped.append((display_name(p), first_line(e)))
         if progress:
             progress(i + 1, len(files))
     if skipped:
@@ -287,8 +287,7 @@ def _load_array(path: Path, pre: Preprocessing) -> CalibrationSet:
     except UsageError:
         raise
     except Exception as e:  # BadZipFile, ValueError, TypeError, MemoryError, ... of a bad file
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{path}: unreadable array file ({first})") from e
+        raise UsageError(f"{path}: unreadable array file ({first_line(e, 200)})") from e
 
 
 def _array_set(path: Path, pre: Preprocessing) -> CalibrationSet:

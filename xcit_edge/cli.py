@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from xcit_edge import __version__
-from xcit_edge.errors import XcitEdgeError
+from xcit_edge.errors import XcitEdgeError, first_line
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
@@ -47,8 +47,8 @@ class _Group(click.Group):
         except Exception as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            click.echo(f"internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)", err=True)
+            click.echo(f"internal error: {type(e).__name__}: {first_line(e)} (rerun with --debug for the traceback)",
+                       err=True)
             ctx.exit(EXIT_INTERNAL)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from xcit_edge.artifact import LABELS_FILE, file_entries, library_versions, write_manifest
 from xcit_edge.backends import backend
 from xcit_edge.calibration import CalibrationSet, load_calibration
-from xcit_edge.errors import ConversionError, UsageError, XcitEdgeError, first_line
+from xcit_edge.errors import ConversionError, OutputError, UsageError, XcitEdgeError, first_line
 from xcit_edge.fsutil import atomic_dir, check_output_dir, output_lock, sha256_tree
 from xcit_edge.graph import PreparedGraph, prepare
 from xcit_edge.memory import check_model, image_budget, tree_bytes
@@ -120,9 +120,8 @@ def _check(spec: TargetSpec, mod, workdir: Path, conv_files: list[str], inputs: 
     try:
         out = mod.run(mod.load(workdir / conv_files[0], spec), inputs)
     except Exception as e:  # runtimes refuse models with their own exception types (ORT: no RuntimeError)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ArtifactCheckError(f"{spec.name}: the converted model does not run in {spec.backend}'s runtime "
-                                 f"({first[:300]})") from e
+                                 f"({first_line(e)})") from e
     res = agreement(out, ref, labels, kind=kind)
     res["failures"] = failures(res, spec.tolerances)
     return res
@@ -150,12 +149,9 @@ def _write_labels(workdir: Path, labels: list[str] | None) -> list[str]:
     return [LABELS_FILE]
 
 
-def _tflite_metadata(workdir: Path, spec: TargetSpec, graph: PreparedGraph, opts: ConvertOptions) -> dict | None:
-    if spec.backend != "tflite" or not opts.write_tflite_metadata:
-        return None
-    from xcit_edge.tflite_metadata import add_image_classifier_metadata
-
-    return add_image_classifier_metadata(workdir / spec.file, graph)
+def _app_metadata(mod, workdir: Path, spec: TargetSpec, graph: PreparedGraph, opts: ConvertOptions) -> dict | None:
+    """In-file metadata for apps, where the backend's format has it (TFLite Metadata)."""
+    return mod.describe(workdir / spec.file, graph) if opts.write_tflite_metadata else None
 
 
 def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, calib_inputs: np.ndarray,
@@ -174,19 +170,19 @@ def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, ca
                 conv = mod.convert(graph, spec, calib_inputs if spec.quantized else None, tmp)
             seconds = time.perf_counter() - t0
             extra = _write_labels(tmp, graph.labels)
-            meta = _tflite_metadata(tmp, spec, graph, opts)
+            meta = _app_metadata(mod, tmp, spec, graph, opts)
             defaults = _run_with_defaults(spec, tmp / conv.files[0])
             check = _check(spec, mod, tmp, conv.files, calib_inputs[:CHECK_IMAGES], ref, _labels(cal),
                            "features" if graph.features else "logits")
         except OSError as e:
-            raise XcitEdgeError(f"cannot write {dest}: {e.strerror or e}") from e
+            raise OutputError(f"cannot write {dest}: {e.strerror or e}") from e
         except XcitEdgeError:
             raise
         except MemoryError:
             raise
         except Exception as e:  # a converter's or runtime's own failure: this target fails, the others go on
             if shutil.disk_usage(tmp).free < MIN_FREE_BYTES:
-                raise XcitEdgeError(f"cannot write {dest}: no space left on device") from e
+                raise OutputError(f"cannot write {dest}: no space left on device") from e
             log.debug("%s failed", spec.name, exc_info=True)
             raise ConversionError(f"{spec.name}: {spec.backend} conversion failed "
                                   f"({type(e).__name__}: {first_line(e)})") from e
@@ -234,9 +230,9 @@ def _xca_in_artifact(spec: TargetSpec, graph: PreparedGraph, details: dict, opts
 
 
 def _with_options(spec: TargetSpec, opts: ConvertOptions) -> TargetSpec:
-    if opts.inline_functions and spec.backend == "onnx":
-        return replace(spec, options={**spec.options, "inline_functions": True})
-    return spec
+    """The spec with the run's switches (ConvertOptions fields its backend lists in RUN_OPTIONS) turned on."""
+    switched = {name: True for name in backend(spec.backend).RUN_OPTIONS if getattr(opts, name, False)}
+    return replace(spec, options={**spec.options, **switched}) if switched else spec
 
 
 def _labels(cal: CalibrationSet) -> np.ndarray | None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.errors import UsageError
+from xcit_edge.errors import UsageError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ def _tpu(tpu: str | None, zone: str | None, project: str | None, timeout: float)
                          "and that this host can reach it)")
     if "error" in result:  # the resolver and the TPU runtime raise ValueError, RuntimeError, NotFoundError...
         e = result["error"]
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise UsageError(f"TPU {name!r} is not reachable: {first}") from e
+        raise UsageError(f"TPU {name!r} is not reachable: {first_line(e)}") from e
     resolver = result["resolver"]
     strategy = tf.distribute.TPUStrategy(resolver)
     return Placement(strategy, "tpu", strategy.num_replicas_in_sync,

@@ -18,6 +18,18 @@ class UsageError(XcitEdgeError):
     exit_code = 2
 
 
+class SpecError(XcitEdgeError):
+    """The installation's own data is broken: a target spec, a backend, missing package data (exit 2)."""
+
+    exit_code = 2
+
+
+class OutputError(XcitEdgeError):
+    """An output cannot be written: permissions, a full disk, a path that is a file (exit 2)."""
+
+    exit_code = 2
+
+
 class ConversionError(XcitEdgeError):
     """One target could not be produced or does not run: the others still can (exit 1)."""
 

@@ -16,8 +16,9 @@ import logging
 import numpy as np
 
 from xcit_edge.calibration import CalibrationSet
+from xcit_edge.graph.run import run_graph
 from xcit_edge.graph.shapefold import topological
-from xcit_edge.graph.xca import block_exits, run_graph
+from xcit_edge.graph.xca_names import block_exits
 from xcit_edge.metrics import cosine
 from xcit_edge.preprocessing import Preprocessing
 

@@ -108,7 +108,7 @@ def _greedy(mod: ModuleType, spec: TargetSpec, graph, calib: np.ndarray, workdir
 def _relaxable(mod: ModuleType, graph, spec: TargetSpec) -> list[str]:
     """The layers the backend could give back to float, in graph order: none for a backend without layer
     selection, or a target that must stay all-integer (its drop is then reported as measured)."""
-    return mod.quantized_layers(graph, spec) if hasattr(mod, "quantized_layers") else []
+    return mod.quantized_layers(graph, spec)
 
 
 def convert_within_drop(mod: ModuleType, spec: TargetSpec, graph, calib: np.ndarray, workdir: Path,
@@ -123,7 +123,7 @@ def convert_within_drop(mod: ModuleType, spec: TargetSpec, graph, calib: np.ndar
     steps = [{"kept_nodes": 0, "drop": round(drop, 3)}]
     log.info("%s: %s %.2f points (--max-drop %.2f)", spec.name, check.basis, drop, max_drop)
     method = "none needed"
-    if drop > max_drop and hasattr(mod, "convert_within_drop"):
+    if drop > max_drop and mod.convert_within_drop is not None:
         method = "nncf.quantize_with_accuracy_control"
         conv = mod.convert_within_drop(graph, spec, calib, check.targets, max_drop, workdir)
         drop = _measure(mod, spec, workdir, check)

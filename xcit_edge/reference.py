@@ -22,7 +22,7 @@ import numpy as np
 
 from xcit_edge import __version__
 from xcit_edge.calibration import CalibrationSet, load_calibration
-from xcit_edge.errors import UsageError
+from xcit_edge.errors import UsageError, first_line
 from xcit_edge.fsutil import atomic_file, sha256_tree
 from xcit_edge.memory import REFERENCE_IMAGE_FACTOR, check_model, image_budget, tree_bytes
 from xcit_edge.preprocessing import Preprocessing
@@ -82,7 +82,7 @@ def load_reference(path: Path) -> Reference:
             arrays = {k: data[k] for k in data.files}
         meta = json.loads(str(arrays["meta"]))
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        raise UsageError(f"{path}: unreadable reference file ({str(e).splitlines()[0]})") from e
+        raise UsageError(f"{path}: unreadable reference file ({first_line(e)})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UsageError(f"{path}: not a reference of format {FORMAT}")
     out, names = arrays["outputs"], [str(n) for n in arrays["names"].reshape(-1)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from xcit_edge.errors import XcitEdgeError
+from xcit_edge.errors import SpecError
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -26,4 +26,4 @@ def data_dir(kind: str) -> Path:
             return Path(loc)
     if (_REPO / kind).is_dir():
         return _REPO / kind
-    raise XcitEdgeError(f"this xcit-edge installation lacks its {kind} data; reinstall the package")
+    raise SpecError(f"this xcit-edge installation lacks its {kind} data; reinstall the package")

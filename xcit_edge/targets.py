@@ -12,17 +12,11 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 
-from xcit_edge.errors import UsageError, XcitEdgeError, did_you_mean
+from xcit_edge import backends
+from xcit_edge.backends.base import QuantMode
+from xcit_edge.errors import SpecError, UsageError, did_you_mean
 from xcit_edge.resources import data_dir
 
-BACKEND_NAMES = ("tflite", "onnx", "openvino")
-QUANT_MODES = {
-    "tflite": ("none", "fp16-weights", "full-integer", "int16x8", "aeq-static", "aeq-dynamic", "aeq-full"),
-    "onnx": ("none", "qdq-static", "dynamic"),
-    "openvino": ("none", "nncf"),
-}
-# integer modes whose activation ranges come from the runtime, per input: no calibration data needed
-DYNAMIC_MODES = ("aeq-dynamic", "dynamic")
 TOLERANCE_KEYS = ("min_cosine", "min_top1_agreement", "max_top1_drop", "min_nn_agreement")
 
 
@@ -42,15 +36,19 @@ class TargetSpec:
         return self.quantization.get("mode", "none")
 
     @property
+    def quant_mode(self) -> QuantMode:
+        """The backend's description of this spec's mode (checked to exist when the spec is parsed)."""
+        return next(m for m in backends.backend(self.backend).MODES if m.name == self.mode)
+
+    @property
     def quantized(self) -> bool:
-        """Integer-quantized (calibration data needed, checks are statistical)."""
-        return self.mode in ("full-integer", "int16x8", "qdq-static", "nncf", "aeq-static", "aeq-full",
-                             *DYNAMIC_MODES)
+        """Integer-quantized (calibration images decoded, checks are statistical)."""
+        return self.quant_mode.integer
 
     @property
     def calibrated(self) -> bool:
-        """Quantized with activation ranges measured on calibration images."""
-        return self.quantized and self.mode not in DYNAMIC_MODES
+        """Quantized with activation ranges measured on calibration images (not per input at run time)."""
+        return self.quant_mode.calibrated
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,10 +58,10 @@ def _parse(path: Path) -> TargetSpec:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise XcitEdgeError(f"target spec {path}: {e}") from e
+        raise SpecError(f"target spec {path}: {e}") from e
     missing = [k for k in ("name", "backend", "precision", "file") if k not in raw]
     if missing:
-        raise XcitEdgeError(f"target spec {path}: missing {', '.join(missing)}")
+        raise SpecError(f"target spec {path}: missing {', '.join(missing)}")
     spec = TargetSpec(
         name=str(raw["name"]), backend=str(raw["backend"]), precision=str(raw["precision"]),
         description=str(raw.get("description", "")), file=str(raw["file"]),
@@ -71,15 +69,17 @@ def _parse(path: Path) -> TargetSpec:
         tolerances=dict(raw.get("tolerances", {})),
     )
     if spec.name != path.stem:
-        raise XcitEdgeError(f"target spec {path}: name {spec.name!r} differs from the file name")
-    if spec.backend not in BACKEND_NAMES:
-        raise XcitEdgeError(f"target spec {path}: unknown backend {spec.backend!r} (known: {', '.join(BACKEND_NAMES)})")
-    if spec.mode not in QUANT_MODES[spec.backend]:
-        raise XcitEdgeError(f"target spec {path}: quantization mode {spec.mode!r} is not one of "
-                            f"{', '.join(QUANT_MODES[spec.backend])} for {spec.backend}")
+        raise SpecError(f"target spec {path}: name {spec.name!r} differs from the file name")
+    try:
+        modes = [m.name for m in backends.backend(spec.backend).MODES]
+    except SpecError as e:
+        raise SpecError(f"target spec {path}: {e}") from e
+    if spec.mode not in modes:
+        raise SpecError(f"target spec {path}: quantization mode {spec.mode!r} is not one of "
+                        f"{', '.join(modes)} for {spec.backend}")
     unknown = set(spec.tolerances) - set(TOLERANCE_KEYS)
     if unknown:
-        raise XcitEdgeError(f"target spec {path}: unknown tolerance(s) {', '.join(sorted(unknown))}")
+        raise SpecError(f"target spec {path}: unknown tolerance(s) {', '.join(sorted(unknown))}")
     return spec
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from xcit_edge.artifact import LABELS_FILE, read_manifest
 from xcit_edge.backends import backend
 from xcit_edge.calibration import CalibrationSet, load_calibration
-from xcit_edge.errors import UsageError
+from xcit_edge.errors import UsageError, first_line
 from xcit_edge.fsutil import sha256_file, sha256_tree
 from xcit_edge.memory import check_model, image_budget, tree_bytes
 from xcit_edge.metrics import agreement, cosine, failures, kl_divergence
@@ -75,8 +75,7 @@ class OpenArtifact:
         try:
             return self.module.load(self.path / self.spec.file, self.spec, threads)
         except Exception as e:  # each runtime has its own exception types for a model it refuses
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise UsageError(f"{self.path}: {self.spec.backend} cannot load {self.spec.file} ({first})") from e
+            raise UsageError(f"{self.path}: {self.spec.backend} cannot load {self.spec.file} ({first_line(e)})") from e
 
     @property
     def file_bytes(self) -> int:
@@ -327,8 +326,7 @@ def validate_one(art: OpenArtifact, x: np.ndarray, ref: Reference, labels: np.nd
     try:
         out, latency = _run_timed(art, x, progress)
     except Exception as e:  # noqa: BLE001 - a runtime failure is this artifact's verdict, not the run's
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        return ArtifactValidation(art.spec.name, art.path, art.spec, {}, [f"does not run: {first}"], {}, None)
+        return ArtifactValidation(art.spec.name, art.path, art.spec, {}, [f"does not run: {first_line(e)}"], {}, None)
     m = agreement(out, ref.outputs, labels, kind=art.kind, worst=WORST_IMAGES)
     worst = _worst(out, ref.outputs, m.pop("worst"), names, labels, art.kind, class_names)
     return ArtifactValidation(art.spec.name, art.path, art.spec, m, failures(m, art.spec.tolerances), latency, out,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.errors import ConversionError, UsageError
+from xcit_edge.errors import ConversionError, UsageError, first_line
 from xcit_edge.graph.canonicalize import canonicalize_gelu
 from xcit_edge.graph.shapefold import fold_shape_math
 from xcit_edge.graph.structure import input_layout, structure_of
@@ -105,8 +105,7 @@ def _load(path: Path, trust_model: bool = False):
     try:
         return tf.saved_model.load(str(path))
     except Exception as e:  # untrusted files: OpError, ValueError, IndexError (truncated variables), ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{path}: cannot load SavedModel ({first})") from e
+        raise UsageError(f"{path}: cannot load SavedModel ({first_line(e)})") from e
 
 
 def _pick_signature(loaded, path: Path, key: str | None):

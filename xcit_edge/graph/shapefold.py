@@ -229,7 +229,7 @@ def fold_shape_math(graph_def, input_tensor: str, input_shape: list[int | None],
     from tensorflow.core.framework import graph_pb2
     from tensorflow.python.framework import graph_util
 
-    from xcit_edge.graph.xca import run_graph_inputs
+    from xcit_edge.graph.run import run_graph_inputs
 
     input_node = _base(input_tensor)
     frontier = _frontier(graph_def, classify(graph_def, input_node))

@@ -32,64 +32,23 @@ which is how the backends find (and count) the fused blocks in their artifacts.
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from xcit_edge.graph.canonicalize import _base, _Graph
+from xcit_edge.graph.run import run_graph
+from xcit_edge.graph.xca_names import PREFIX
 from xcit_edge.metrics import rel_max_err
 
 log = logging.getLogger(__name__)
 
-PREFIX = "xcit_edge/xca_"
 NORM_EPS = 1e-12
 _LAYOUT = {"Identity", "Snapshot", "Transpose", "Reshape", "StridedSlice", "Squeeze", "ExpandDims", "Slice",
            "Unpack", "Split", "SplitV", "GatherV2"}
 _MATMUL = {"BatchMatMulV2", "BatchMatMulV3", "BatchMatMul", "MatMul"}
 _ROOTS = {"Sqrt", "Rsqrt", "EuclideanNorm"}
 _VERIFY_RTOL = 1e-4
-_BLOCK = re.compile(re.escape(PREFIX) + r"(\d+)/")
-
-
-def block_of(name: str) -> int | None:
-    """The fused block a node or tensor name belongs to (converters keep TF names as prefixes)."""
-    m = _BLOCK.search(name)
-    return int(m.group(1)) if m else None
-
-
-def count_blocks(names: Iterable[str]) -> int:
-    """How many fused XCA blocks a converted model shows, from its op or tensor names."""
-    return len({int(m.group(1)) for n in names for m in _BLOCK.finditer(n)})
-
-
-def block_exits(ops: Iterable[tuple[str, str, list[str], list[str]]],
-                transparent: frozenset[str] = frozenset()) -> dict[int, str]:
-    """The tensor leaving each fused block in a converted model (what `validate` compares).
-
-    `ops` are (name, op type, input tensors, output tensors) in execution order. A block's exit is
-    the tensor of its last producing op that an op outside the block reads. `transparent` op types
-    (quantize/dequantize) belong to no block: their outputs stand for their input, so a block
-    whose output goes through Q/DQ still exits at its own (last) tensor.
-    """
-    member: dict[str, tuple[int, int, str]] = {}  # tensor -> (block, producer position, block tensor)
-    exits: dict[int, tuple[int, str]] = {}
-    for pos, (name, kind, inputs, outputs) in enumerate(ops):
-        if kind in transparent:
-            src = next((member[i] for i in inputs if i in member), None)
-            if src is not None:
-                member.update(dict.fromkeys(outputs, src))
-            continue
-        b = block_of(name)
-        for i in inputs:
-            if i in member and member[i][0] != b:
-                blk, at, tensor = member[i]
-                if blk not in exits or exits[blk][0] < at:
-                    exits[blk] = (at, tensor)
-        if b is not None:
-            member.update({o: (b, pos, o) for o in outputs})
-    return {b: t for b, (_, t) in sorted(exits.items())}
 
 
 @dataclass
@@ -363,36 +322,6 @@ def _emit(graph_def, index: int, site: _Site, lay: _Layout, device: str) -> str:
 def _probe_input(shape: list[int | None], seed: int = 0) -> np.ndarray:
     batch = shape[0] if shape[0] else 2
     return np.random.default_rng(seed).standard_normal([batch, *shape[1:]]).astype(np.float32)
-
-
-def run_graph(graph_def, input_tensor: str, x: np.ndarray, fetches: list[str],
-              batch: int | None = None) -> list[np.ndarray]:
-    """`fetches` for input `x` in one TensorFlow session; `batch` set (a fixed-batch graph): `x` is fed that
-    many images at a time and each fetch concatenated along axis 0."""
-    (out,) = run_graph_inputs(graph_def, input_tensor, [x], fetches, batch)
-    return out
-
-
-def run_graph_inputs(graph_def, input_tensor: str, xs: list[np.ndarray], fetches: list[str],
-                     batch: int | None = None) -> list[list[np.ndarray]]:
-    """`run_graph` for each input of `xs`, the graph imported once (importing a 24-block graph costs
-    about a second, more than running it on a small input)."""
-    from xcit_edge.tfimport import exact_tensorflow
-
-    tf = exact_tensorflow()
-
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(graph_def, name="")
-    with tf.compat.v1.Session(graph=graph) as sess:
-        return [_run_in(sess, input_tensor, x, fetches, batch) for x in xs]
-
-
-def _run_in(sess, input_tensor: str, x: np.ndarray, fetches: list[str], batch: int | None) -> list[np.ndarray]:
-    if not batch or len(x) == batch:
-        return sess.run(fetches, {input_tensor: x})
-    parts = [sess.run(fetches, {input_tensor: x[i:i + batch]}) for i in range(0, len(x), batch)]
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(fetches))]
 
 
 def _rewire(graph_def, old: str, new: str) -> None:

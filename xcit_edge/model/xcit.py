@@ -11,7 +11,7 @@ which is the same arithmetic. Deviations from a naive port that matter for fidel
 * GELU is the exact erf form.
 * XCA normalizes with `x / max(||x||, 1e-12)` exactly like `F.normalize`, and not with
   `tf.math.l2_normalize` (which clamps the *squared* norm and which OpenVINO's CPU plugin
-  mis-executes, see shared/XCIT.md).
+  mis-executes: docs/RUNTIME_NOTES.md).
 * The Fourier positional encoding depends only on the token grid: it is a constant.
 """
 

@@ -1,6 +1,6 @@
-"""OpenVINO IR via `openvino.convert_model`, read from the optimized ONNX model (`backends/onnx.py`).
+"""OpenVINO IR via `openvino.convert_model`, read from the optimized ONNX model (`backends/onnx/`).
 
-Why ONNX and not the frozen TensorFlow graph OpenVINO could read directly: tf2onnx + `onnx_optimize` give
+Why ONNX and not the frozen TensorFlow graph OpenVINO could read directly: tf2onnx + `onnx.rewrites` give
 LayerNormalization (OpenVINO's ONNX frontend makes it one MVN op), folded Dense reshapes and the GELU form
 it fuses; its TensorFlow frontend left Keras's LayerNorm as 6 elementwise ops each. nano p16: 0.81x the
 latency at batch 1 on 2 threads (benchmarks/peers.py, variant "read from TF"); the tests hold the artifacts
@@ -17,26 +17,27 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.backends import Conversion
-from xcit_edge.errors import ConversionError, XcitEdgeError
-from xcit_edge.graph.xca import block_exits, count_blocks
+from xcit_edge.backends import onnx as onnx_backend
+from xcit_edge.backends import register
+from xcit_edge.backends.base import FLOAT, Conversion, QuantMode, op_counts, zeros_input
+from xcit_edge.errors import ConversionError, UsageError, first_line
+from xcit_edge.graph.xca_names import block_exits, count_blocks
+from xcit_edge.util.batching import in_batches
 
 log = logging.getLogger(__name__)
 
-ONNX_OPSET = 17  # LayerNormalization needs 17
 
-
-def to_openvino(graph, batch: int | None = None):
-    """The IR of the prepared graph; `batch` fixes the batch size (static shapes)."""
+def to_openvino(graph, batch: int | None = None, opset: int = onnx_backend.DEFAULT_OPSET):
+    """The IR of the prepared graph, read from the ONNX backend's optimized model at `opset` (a spec's
+    `onnx_opset`); `batch` fixes the batch size (static shapes)."""
     import openvino as ov
 
-    from xcit_edge.backends.onnx import optimized_onnx
-
-    onnx_model, _ = optimized_onnx(graph, ONNX_OPSET)
+    onnx_model, _ = onnx_backend.optimized_onnx(graph, opset)
     try:
         model = ov.convert_model(io.BytesIO(onnx_model.SerializeToString()))
         if batch is not None:
@@ -44,8 +45,7 @@ def to_openvino(graph, batch: int | None = None):
             shape[0] = batch
             model.reshape({model.inputs[0]: shape})
     except Exception as e:  # OpConversionFailure and friends carry multi-page messages
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(f"OpenVINO conversion failed: {first[:300]}") from e
+        raise ConversionError(f"OpenVINO conversion failed: {first_line(e)}") from e
     model.inputs[0].get_tensor().set_names({"input"})
     model.outputs[0].get_tensor().set_names({"output"})
     return model
@@ -87,27 +87,23 @@ def nncf_off_stdout():
         log.debug("nncf: %s", captured.getvalue())
 
 
-def float_compute_ops(model) -> list[str]:
+def float_ops(model) -> list[str]:
     """MatMul/convolution ops whose activation input has no FakeQuantize: they compute in float."""
-    counts: dict[str, int] = {}
-    for op in model.get_ops():
-        kind = op.get_type_name()
-        if kind not in ("MatMul", "Convolution", "GroupConvolution"):
-            continue
-        producers = {op.input_value(i).get_node().get_type_name() for i in range(op.get_input_size())}
-        if "FakeQuantize" not in producers:
-            counts[kind] = counts.get(kind, 0) + 1
-    return [f"{k} x{v}" for k, v in sorted(counts.items())]
+    def quantized(op) -> bool:
+        return "FakeQuantize" in {op.input_value(i).get_node().get_type_name() for i in range(op.get_input_size())}
+
+    return op_counts(op.get_type_name() for op in model.get_ops()
+                     if op.get_type_name() in ("MatMul", "Convolution", "GroupConvolution") and not quantized(op))
 
 
 def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     # int8 IRs get a static batch of 1: with a dynamic batch the CPU plugin's low-precision
     # transformations fail on the class-attention reshape (ReshapeTransformation, OpenVINO 2026.4:
     # measured on nano).
-    model = to_openvino(graph, batch=1 if spec.mode == "nncf" else None)
+    model = to_openvino(graph, batch=1 if spec.mode == "nncf" else None, opset=_opset(spec))
     if spec.mode == "nncf":
         if calib is None or not len(calib):
-            raise XcitEdgeError(f"{spec.name} needs calibration data (--calibration)")
+            raise UsageError(f"{spec.name} needs calibration data (--calibration)")
         model = _nncf_quantize(model, calib, spec)
     return _save(model, spec, workdir)
 
@@ -119,7 +115,7 @@ def convert_within_drop(graph, spec, calib: np.ndarray, targets: np.ndarray, max
     (`calib`, `targets`) is within `max_drop` points of the float model's (NNCF ranks and reverts)."""
     import nncf
 
-    model = to_openvino(graph, batch=1)
+    model = to_openvino(graph, batch=1, opset=_opset(spec))
 
     def top1(compiled, items) -> float:
         return float(np.mean([int(np.argmax(compiled(x)[0]) == t) for x, t in items]))
@@ -137,7 +133,7 @@ def convert_within_drop(graph, spec, calib: np.ndarray, targets: np.ndarray, max
 def _save(model, spec, workdir: Path) -> Conversion:
     import openvino as ov
 
-    kept = float_compute_ops(model) if spec.mode == "nncf" else []
+    kept = float_ops(model) if spec.mode == "nncf" else []
     xml = workdir / spec.file
     ov.save_model(model, str(xml), compress_to_fp16=False)
     ops = sorted({op.get_type_name() for op in model.get_ops()})
@@ -158,13 +154,15 @@ def load(path: Path, spec=None, threads: int | None = None):
     return ov.Core().compile_model(str(path), "CPU", config)
 
 
+def _fixed_batch(compiled) -> int | None:
+    fixed = compiled.inputs[0].get_partial_shape()[0]
+    return fixed.get_length() if fixed.is_static else None
+
+
 def run(compiled, x: np.ndarray) -> np.ndarray:
-    port = compiled.inputs[0]
-    fixed = port.get_partial_shape()[0]
-    step = fixed.get_length() if fixed.is_static else len(x)
     req = compiled.create_infer_request()
-    outs = [req.infer({0: x[i:i + step]})[compiled.outputs[0]].copy() for i in range(0, len(x), step)]
-    return np.concatenate(outs).astype(np.float32)
+    (out,) = in_batches(lambda part: [req.infer({0: part})[compiled.outputs[0]].copy()], x, _fixed_batch(compiled))
+    return out.astype(np.float32)
 
 
 def block_outputs(path: Path, spec, x: np.ndarray) -> dict[int, np.ndarray]:
@@ -190,12 +188,44 @@ def block_outputs(path: Path, spec, x: np.ndarray) -> dict[int, np.ndarray]:
     model.add_outputs(list(ports.values()))
     precision = spec.options.get("inference_precision", "f32") if spec else "f32"
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
-    fixed = compiled.inputs[0].get_partial_shape()[0]
-    step = fixed.get_length() if fixed.is_static else len(x)
     req = compiled.create_infer_request()
-    outs: dict[int, list] = {b: [] for b in ports}
-    for i in range(0, len(x), step):
-        res = req.infer({0: x[i:i + step]})
-        for k, b in enumerate(ports):
-            outs[b].append(res[compiled.outputs[1 + k]].copy())
-    return {b: np.concatenate(v).astype(np.float32) for b, v in sorted(outs.items())}
+
+    def infer(part: np.ndarray) -> list[np.ndarray]:
+        res = req.infer({0: part})
+        return [res[compiled.outputs[1 + k]].copy() for k in range(len(ports))]
+
+    outs = in_batches(infer, x, _fixed_batch(compiled))
+    return {b: v.astype(np.float32) for b, v in sorted(zip(ports, outs, strict=True))}
+
+
+def _opset(spec) -> int:
+    return int(spec.options.get("onnx_opset", onnx_backend.DEFAULT_OPSET))
+
+
+def run_defaults(path: Path) -> dict:
+    """One run of `path` compiled for CPU with OpenVINO's default options (what an app gets)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU")
+    shape = [d.get_length() if d.is_static else 1 for d in compiled.inputs[0].get_partial_shape()]
+    dtype = compiled.inputs[0].get_element_type().to_dtype()
+    compiled.create_infer_request().infer({0: zeros_input(shape, dtype)})
+    return {}
+
+
+def quantized_layers(graph, spec) -> list[str]:
+    """No layer selection here: NNCF's accuracy control (`convert_within_drop`) chooses what stays float."""
+    return []
+
+
+def describe(path: Path, graph) -> None:
+    """OpenVINO IR carries no app metadata beyond the manifest."""
+    return None
+
+
+NAME = "openvino"
+RUNTIME_MODULE = "openvino"
+DISTRIBUTIONS = ("openvino", "nncf")
+MODES = (FLOAT, QuantMode("nncf", integer=True, calibrated=True))
+RUN_OPTIONS = ()
+register(sys.modules[__name__])

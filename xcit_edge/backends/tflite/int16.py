@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from xcit_edge.backends.tflite_rewrite import OpGraph, _Model
+from xcit_edge.backends.tflite.rewrite import OpGraph, _Model
 
 _COMBINE = ("MUL", "ADD", "SUB", "NEG")  # how a LayerNorm joins its statistics to its input
 

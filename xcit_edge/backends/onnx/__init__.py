@@ -1,9 +1,9 @@
 """ONNX via tf2onnx from the frozen GraphDef; checked with `onnx.checker`, run in ONNX Runtime.
 
-Float targets with `optimize = true` get `onnx_optimize.py`'s rewrites (LayerNormalization,
+Float targets with `optimize = true` get `onnx/rewrites.py`'s rewrites (LayerNormalization,
 Tensordot folding, GELU in the form ONNX Runtime fuses), each verified on a probe input.
 Fused XCA blocks (`graph/xca.py`) are packaged as `xcit_edge.XCA` function nodes
-(`onnx_xca.py`) unless the spec says `inline_functions` (`convert --inline-functions`).
+(`onnx/functions.py`) unless the spec says `inline_functions` (`convert --inline-functions`).
 Quantized targets keep the blocks inlined: the quantizer has to see (and wrap) their ops.
 
 `dynamic` targets quantize the *optimized* float model (its LayerNormalization and GELU fusions and
@@ -20,16 +20,21 @@ in the spec's `keep_float` are excluded (`op_types_to_quantize` = all others).
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.backends import Conversion
-from xcit_edge.backends.onnx_optimize import optimize
-from xcit_edge.backends.onnx_xca import count_xca, package_xca
-from xcit_edge.errors import ConversionError
+from xcit_edge.backends import register
+from xcit_edge.backends.base import FLOAT, Conversion, QuantMode, op_counts, zeros_input
+from xcit_edge.backends.onnx.functions import count_xca, package_xca
+from xcit_edge.backends.onnx.rewrites import optimize
+from xcit_edge.errors import ConversionError, first_line
+from xcit_edge.util.batching import in_batches
 
 log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17  # LayerNormalization (what `rewrites` fuses LayerNorms into) needs opset 17
 
 
 def _rename_io(model, old_in: str, old_out: str) -> None:
@@ -58,7 +63,7 @@ def to_onnx(graph, opset: int):
 
 
 def optimized_onnx(graph, opset: int, skip: tuple[str, ...] = ()) -> tuple[object, dict]:
-    """`to_onnx` with `onnx_optimize`'s rewrites (but `skip`), XCA blocks inlined; computed once per graph
+    """`to_onnx` with `onnx.rewrites`'s rewrites (but `skip`), XCA blocks inlined; computed once per graph
     (the `onnx` target and the OpenVINO targets, which are read from it, share it)."""
     import onnx
 
@@ -82,7 +87,7 @@ def _tf2onnx(graph, opset: int):
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ConversionError(f"tf2onnx produced an invalid ONNX model: {str(e).splitlines()[0]}") from e
+        raise ConversionError(f"tf2onnx produced an invalid ONNX model: {first_line(e)}") from e
     return model
 
 
@@ -98,18 +103,14 @@ class _Reader:
 
 
 
-def float_nodes(model) -> list[str]:
+def float_ops(model) -> list[str]:
     """Op types (with counts) computing in float: in QDQ form a node runs in int8 only when a
     DequantizeLinear feeds it and a QuantizeLinear takes its output (ONNX Runtime fuses that)."""
     dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     q_inputs = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
-    counts: dict[str, int] = {}
-    for n in model.graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
-            continue
-        if not (dq_outputs & set(n.input) and q_inputs & set(n.output)):
-            counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    return [f"{k} x{v}" for k, v in sorted(counts.items())]
+    return op_counts(n.op_type for n in model.graph.node
+                     if n.op_type not in ("QuantizeLinear", "DequantizeLinear", "Constant")
+                     and not (dq_outputs & set(n.input) and q_inputs & set(n.output)))
 
 
 def _quantize_qdq(src: Path, dst: Path, calib: np.ndarray, spec) -> None:
@@ -148,7 +149,7 @@ def quantized_layers(graph, spec) -> list[str]:
     to float (`nodes_to_exclude`)."""
     if spec.mode != "dynamic":
         return []
-    model, _, _ = _float_model(graph, spec, int(spec.options.get("opset", 17)))
+    model, _, _ = _float_model(graph, spec, int(spec.options.get("opset", DEFAULT_OPSET)))
     wanted = set(dynamic_settings(spec)["op_types_to_quantize"])
     return [n.name for n in model.graph.node if n.op_type in wanted]
 
@@ -223,11 +224,7 @@ def _quantize_dynamic(src: Path, dst: Path, spec) -> dict:
 def unquantized_matmuls(model) -> list[str]:
     """Op types (with counts) of the matrix products left in float: MatMul/Gemm/Conv outside XCA functions
     (the activation x activation products inside XCA stay float by design)."""
-    counts: dict[str, int] = {}
-    for n in model.graph.node:
-        if n.op_type in ("MatMul", "Gemm", "Conv"):
-            counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    return [f"{k} x{v}" for k, v in sorted(counts.items())]
+    return op_counts(n.op_type for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv"))
 
 
 def _float_model(graph, spec, opset: int) -> tuple[object, str, dict]:
@@ -248,7 +245,7 @@ def _float_model(graph, spec, opset: int) -> tuple[object, str, dict]:
 def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     import onnx
 
-    opset = int(spec.options.get("opset", 17))
+    opset = int(spec.options.get("opset", DEFAULT_OPSET))
     out = workdir / spec.file
     kept: list[str] = []
     if spec.mode == "qdq-static":
@@ -257,7 +254,7 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
         onnx.save(model, str(fp32))
         _quantize_qdq(fp32, out, calib, spec)
         fp32.unlink()
-        kept = float_nodes(onnx.load(str(out)))
+        kept = float_ops(onnx.load(str(out)))
     else:
         model, form, details = _float_model(graph, spec, opset)
         if spec.mode == "dynamic":
@@ -293,9 +290,8 @@ def _batches(session, x: np.ndarray, fetches: list[str] | None) -> list[np.ndarr
     """`fetches` (None: the outputs) for `x`, fed whole or in the session's fixed batch, joined on axis 0."""
     name = session.get_inputs()[0].name
     fixed = session.get_inputs()[0].shape[0]
-    step = fixed if isinstance(fixed, int) and fixed > 0 else len(x)
-    parts = [session.run(fetches, {name: x[i:i + step]}) for i in range(0, len(x), step)]
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+    return in_batches(lambda part: session.run(fetches, {name: part}), x,
+                      fixed if isinstance(fixed, int) and fixed > 0 else None)
 
 
 def run(session, x: np.ndarray) -> np.ndarray:
@@ -321,11 +317,36 @@ def block_outputs(path: Path, spec, x: np.ndarray) -> dict[int, np.ndarray]:
 
 
 def _block_tensors(model) -> dict[int, str]:
-    from xcit_edge.backends.onnx_xca import DOMAIN, OP_TYPE
-    from xcit_edge.graph.xca import block_exits
+    from xcit_edge.backends.onnx.functions import DOMAIN, OP_TYPE
+    from xcit_edge.graph.xca_names import block_exits
 
     def name(n) -> str:  # an XCA call is named `xcit_edge/xca_i`: the whole block in one node
         return f"{n.name}/" if n.op_type == OP_TYPE and n.domain == DOMAIN else n.name
 
     ops = [(name(n), n.op_type, list(n.input), list(n.output)) for n in model.graph.node]
     return block_exits(ops, frozenset({"QuantizeLinear", "DequantizeLinear"}))
+
+
+def run_defaults(path: Path) -> dict:
+    """One run of `path` in an ONNX Runtime session with default options (what an app gets)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    dtype = np.uint8 if inp.type == "tensor(uint8)" else np.float32  # uint8: preprocessing baked in
+    session.run(None, {inp.name: zeros_input(inp.shape, dtype)})
+    return {}
+
+
+def describe(path: Path, graph) -> None:
+    """ONNX artifacts carry no app metadata beyond the manifest."""
+    return None
+
+
+NAME = "onnx"
+RUNTIME_MODULE = "onnxruntime"
+DISTRIBUTIONS = ("onnxruntime", "tf2onnx", "onnx")
+MODES = (FLOAT, QuantMode("qdq-static", integer=True, calibrated=True), QuantMode("dynamic", integer=True))
+RUN_OPTIONS = ("inline_functions",)
+convert_within_drop = None
+register(sys.modules[__name__])

@@ -19,7 +19,7 @@ The LayerNorm is matched in the form the TFLite converter writes for Keras' Laye
 LayerNorm is folded only where every reader of its output, through reshapes and slices that keep the
 channel axis last, is a FULLY_CONNECTED (input 0, constant float weights) or a DEPTHWISE_CONV_2D with
 depth multiplier 1; anything else (a residual add, a concatenation, a model output) leaves it as it is.
-The result is float rounding away from the input model (`verify` in `tflite_rewrite` measures it).
+The result is float rounding away from the input model (`verify` in `tflite/rewrite.py` measures it).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xcit_edge.backends.tflite_rewrite import OpGraph, _Model, compact
+from xcit_edge.backends.tflite.rewrite import OpGraph, _Model, compact
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""ONNX rewrites (`backends/onnx_optimize.py`): LayerNorm as tf2onnx writes it becomes one
+"""ONNX rewrites (`backends/onnx/rewrites.py`): LayerNorm as tf2onnx writes it becomes one
 LayerNormalization only when it computes a LayerNorm; a look-alike stays as it is."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from xcit_edge.backends.onnx_optimize import fold_scales, fold_tensordot, fuse_layernorm, l2_norm_form, optimize
+from xcit_edge.backends.onnx.rewrites import fold_scales, fold_tensordot, fuse_layernorm, l2_norm_form, optimize
 
 D = 8
 

@@ -14,14 +14,14 @@ arithmetic that XNNPACK refused to prepare: measured). Modes:
   activations per tensor from calibration ranges) or dynamic (int8 weights; XNNPACK quantizes
   the activations per image, its qd8 kernels: no calibration). Layers in `keep_nodes` (tensor
   names) get its `no_quantize` rule. The recipe it ran is recorded in the manifest (the rule for the
-  tensors `tflite_int16` adds, one name alternation, as counts: `int16_tensors`, `whole_range_tensors`).
+  tensors `tflite/int16.py` adds, one name alternation, as counts: `int16_tensors`, `whole_range_tensors`).
 * `aeq-full`: every op integer, for NPUs: input, output and activations with `activation_bits`
   (8, or 16: LiteRT's 16x8 scheme), int16 activations for the layers matching the spec's
   `int16_layers` regexes and, with `int16_layernorms` / `int16_class_attention`, for the tensors
-  `tflite_int16` finds by structure (where int8 cannot hold the range; LayerNorm internals then
+  `tflite/int16.py` finds by structure (where int8 cannot hold the range; LayerNorm internals then
   calibrated over the whole set's range), int8 weights per channel. The float model first gets the
-  exact rewrites of `tflite_rewrite` (ops ai-edge-quantizer has no integer form for) and, with
-  `equalize_layernorms`, `tflite_equalize`'s LayerNorm channel equalization on the first calibration
+  exact rewrites of `tflite/rewrite.py` (ops ai-edge-quantizer has no integer form for) and, with
+  `equalize_layernorms`, `tflite/equalize.py`'s LayerNorm channel equalization on the first calibration
   images (exact in float, checked); a converted model with any float op left fails the target.
 What really stayed float is read back from the converted model, not assumed.
 
@@ -42,9 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.backends import Conversion, tflite_equalize, tflite_int16, tflite_rewrite
-from xcit_edge.errors import ConversionError, XcitEdgeError, first_line
-from xcit_edge.graph.xca import block_exits, count_blocks
+from xcit_edge.backends import register
+from xcit_edge.backends.base import FLOAT, Conversion, QuantMode, op_counts, zeros_input
+from xcit_edge.backends.tflite import equalize as tflite_equalize
+from xcit_edge.backends.tflite import int16 as tflite_int16
+from xcit_edge.backends.tflite import rewrite as tflite_rewrite
+from xcit_edge.errors import ConversionError, UsageError, XcitEdgeError, first_line
+from xcit_edge.graph.xca_names import block_exits, count_blocks
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ def _converter(graph, spec, calib: np.ndarray | None):
         conv.target_spec.supported_types = [tf.float16]
     elif spec.mode in ("full-integer", "int16x8"):
         if calib is None or not len(calib):
-            raise XcitEdgeError(f"{spec.name} needs calibration data (--calibration)")
+            raise UsageError(f"{spec.name} needs calibration data (--calibration)")
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = _dataset(calib)
         first = (tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if spec.mode == "full-integer"
@@ -99,11 +103,9 @@ def float_ops(model_path: Path) -> list[str]:
     """
     interp = _interpreter(model_path, delegates=False)
     dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
-    counts: dict[str, int] = {}
-    for op in interp._get_ops_details():
-        if op["op_name"] != "DEQUANTIZE" and any(dtypes.get(i) in (np.float32, np.float16) for i in op["outputs"]):
-            counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
-    return [f"{k} x{v}" for k, v in sorted(counts.items())]
+    return op_counts(op["op_name"] for op in interp._get_ops_details()
+                     if op["op_name"] != "DEQUANTIZE" and any(dtypes.get(i) in (np.float32, np.float16)
+                                                              for i in op["outputs"]))
 
 
 def op_types(model_path: Path) -> list[str]:
@@ -135,7 +137,7 @@ def _converted(conv, name: str) -> bytes:
 
 def float_model(graph, integer_friendly: bool = False) -> bytes:
     """The float32 TFLite model of the graph (batch 1, signature added), converted once per graph: the
-    input of ai-edge-quantizer's modes. integer_friendly: with `tflite_rewrite`'s exact rewrites (for
+    input of ai-edge-quantizer's modes. integer_friendly: with `tflite/rewrite.py`'s exact rewrites (for
     `aeq-full`), checked on one input."""
     key = ("tflite-float", integer_friendly)
     if key in graph.cache:
@@ -243,10 +245,10 @@ EQUALIZE_IMAGES = 64  # calibration images whose per-channel ranges set the Laye
 
 
 def _equalized(model: bytes, calib: np.ndarray | None, name: str) -> tuple[bytes, int]:
-    """The float model with its LayerNorms equalized (`tflite_equalize`) on the first calibration images,
+    """The float model with its LayerNorms equalized (`tflite/equalize.py`) on the first calibration images,
     checked against the model it came from: the fold is exact up to float rounding."""
     if calib is None or not len(calib):
-        raise XcitEdgeError(f"{name} needs calibration data (--calibration)")
+        raise UsageError(f"{name} needs calibration data (--calibration)")
     folded, count = tflite_equalize.equalize_layernorms(model, calib[:EQUALIZE_IMAGES])
     err, scale = max(tflite_rewrite.compare(model, folded, seed) for seed in range(2))
     if not err <= 1e-4 * max(scale, 1e-6):
@@ -282,7 +284,7 @@ def _with_range_floor(qsvs: dict) -> dict:
 def _aeq_quantize(graph, spec, calib: np.ndarray | None, recipe: list[dict]) -> tuple[bytes, dict]:
     """The quantized model and what was done to the float model first: LayerNorms equalized (spec option
     `equalize_layernorms`), tensors given int16 activations and whole-set ranges by what they compute
-    (`int16_layernorms`, `int16_class_attention`: `tflite_int16`)."""
+    (`int16_layernorms`, `int16_class_attention`: `tflite/int16.py`)."""
     from ai_edge_quantizer import quantizer
 
     model, details = float_model(graph, integer_friendly=spec.mode == "aeq-full"), {}
@@ -302,7 +304,7 @@ def _aeq_quantize(graph, spec, calib: np.ndarray | None, recipe: list[dict]) -> 
             result = None
             if q.need_calibration:
                 if calib is None or not len(calib):
-                    raise XcitEdgeError(f"{spec.name} needs calibration data (--calibration)")
+                    raise UsageError(f"{spec.name} needs calibration data (--calibration)")
                 result = _with_range_floor(_calibrate(model, recipe, calib, set(whole_range)))
             quantized = q.quantize(result, enable_progress_bar=False, enable_progress_report=False).quantized_model
     except (XcitEdgeError, MemoryError):
@@ -463,3 +465,58 @@ def _dequantized(y: np.ndarray, detail: dict) -> np.ndarray:
         return y.astype(np.float32)
     scale, zero = detail["quantization"]
     return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+def run_defaults(path: Path) -> dict:
+    """One run of `path` in LiteRT's `Interpreter(model_path=...)` with its default options (the XNNPACK
+    delegate applied, what an app gets); reports how XNNPACK took the model: its delegate kernels (one per
+    partition) and the nodes left to the builtin kernels."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))  # default options: the XNNPACK delegate applied
+    interp.allocate_tensors()
+    d = interp.get_input_details()[0]
+    interp.set_tensor(d["index"], zeros_input(d["shape"], d["dtype"]))
+    interp.invoke()
+    raw = interp._interpreter
+    nodes = [(raw.NodeName(i), set(raw.NodeInputs(i)), set(raw.NodeOutputs(i))) for i in range(raw.NumNodes())]
+    model_nodes = [n for n in nodes if n[0] != "DELEGATE"]  # delegate kernels are appended after the model's
+    kernels = [n for n in nodes if n[0] == "DELEGATE"]
+    builtin = _builtin_nodes(model_nodes, kernels, set(raw.OutputIndices()))
+    return {"xnnpack_partitions": len(kernels), "nodes": len(model_nodes), "builtin_nodes": len(builtin),
+            "builtin_ops": sorted({model_nodes[i][0] for i in builtin})}
+
+
+def _builtin_nodes(model_nodes: list, kernels: list, outputs: set) -> set[int]:
+    """Model nodes no delegate replaced (they run on LiteRT's builtin kernels), by data flow: a delegate
+    kernel computes its partition's boundary tensors and hides the rest, so a node outside every partition
+    produces a tensor a kernel reads, a model output no kernel produces, or an input of another such node."""
+    made_by_kernels = set().union(*(k[2] for k in kernels)) if kernels else set()
+    read_by_kernels = set().union(*(k[1] for k in kernels)) if kernels else set()
+    outside = {i for i, (_, _, outs) in enumerate(model_nodes)
+               if not outs & made_by_kernels and outs & (read_by_kernels | outputs)}
+    while True:
+        needed = set().union(*(model_nodes[i][1] for i in outside)) if outside else set()
+        more = {i for i, (_, _, outs) in enumerate(model_nodes)
+                if i not in outside and not outs & made_by_kernels and outs & needed}
+        if not more:
+            return outside
+        outside |= more
+
+
+def describe(path: Path, graph) -> dict | None:
+    """TFLite Metadata for image classifiers (MediaPipe Tasks, the Task Library): `metadata.py`."""
+    from xcit_edge.backends.tflite.metadata import add_image_classifier_metadata
+
+    return add_image_classifier_metadata(path, graph)
+
+
+NAME = "tflite"
+RUNTIME_MODULE = "ai_edge_litert"
+DISTRIBUTIONS = ("ai-edge-litert", "ai-edge-quantizer", "mediapipe")
+MODES = (FLOAT, QuantMode("fp16-weights"), QuantMode("full-integer", integer=True, calibrated=True),
+         QuantMode("int16x8", integer=True, calibrated=True), QuantMode("aeq-static", integer=True, calibrated=True),
+         QuantMode("aeq-dynamic", integer=True), QuantMode("aeq-full", integer=True, calibrated=True))
+RUN_OPTIONS = ()
+convert_within_drop = None
+register(sys.modules[__name__])

@@ -13,7 +13,7 @@ gets its temperature back as an all-ones input first, so its body is the same as
 function's signature does not depend on weight values.
 
 Consumers that cannot read model-local functions (OpenVINO 2026.4's ONNX frontend refuses
-them, see ../shared/XCIT.md) get `inline(model)`: the same graph with the bodies expanded.
+them: docs/RUNTIME_NOTES.md) get `inline(model)`: the same graph with the bodies expanded.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import logging
 
 import numpy as np
 
-from xcit_edge.backends.onnx_optimize import drop_unused
-from xcit_edge.graph.xca import PREFIX, block_of, count_blocks
+from xcit_edge.backends.onnx.rewrites import drop_unused
+from xcit_edge.graph.xca_names import PREFIX, block_of, count_blocks
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Small shared infrastructure: batching, library versions (and, next to them, nothing model-specific)."""
