@@ -6,6 +6,7 @@ These read the package's source (ast, not regexes over text), so a new module is
 import ast
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import xcit_edge
@@ -75,3 +76,87 @@ def test_a_backend_missing_part_of_the_protocol_is_refused():
         register(half)
     with pytest.raises(SpecError, match="unknown backend 'onnxx' \\(did you mean 'onnx'\\?\\)"):
         backend("onnxx")
+
+
+# --- docs/ARCHITECTURE.md's worked examples, run as written ------------------------------------------------
+
+DOC = REPO / "docs" / "ARCHITECTURE.md"
+
+
+def _blocks(lang: str) -> list[str]:
+    import re
+
+    return re.findall(rf"```{lang}\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+
+
+def test_worked_example_target_is_a_valid_spec(tmp_path):
+    from xcit_edge.targets import _parse
+
+    (text,) = _blocks("toml")
+    path = tmp_path / "onnx-plain.toml"
+    path.write_text(text, encoding="utf-8")
+    spec = _parse(path)
+    assert (spec.backend, spec.mode, spec.options["optimize"]) == ("onnx", "none", False)
+    assert not spec.quantized
+
+
+def test_worked_example_backend_converts_the_fixture(fixture_dir, timm_fixture, held_out, tmp_path):
+    """The example backend of the docs, registered, converts the trained fixture, and its artifact computes
+    what timm computes (and what its runtime-defaults run accepts)."""
+    import types
+
+    from conftest import timm_forward
+
+    from xcit_edge import backends
+    from xcit_edge.calibration import normalize
+    from xcit_edge.graph import prepare
+    from xcit_edge.preprocessing import timm_default
+    from xcit_edge.targets import TargetSpec
+    from xcit_edge.zoo import FIXTURE
+
+    backend_code = next(b for b in _blocks("python") if "register(" in b)
+    mod = types.ModuleType("tfgraph_example")
+    import sys
+
+    sys.modules[mod.__name__] = mod
+    try:
+        exec(compile(backend_code, str(DOC), "exec"), mod.__dict__)
+        assert backends.backend("tfgraph") is mod
+        spec = TargetSpec("tfgraph", "tfgraph", "fp32", "", "model.pb")
+        graph = prepare(fixture_dir)
+        conv = mod.convert(graph, spec, None, tmp_path)
+        assert conv.details["xca_blocks"] == FIXTURE.depth and (tmp_path / "io.json").is_file()
+        pixels, _ = held_out
+        x = normalize(pixels[:8], timm_default(FIXTURE.img_size))
+        out = mod.run(mod.load(tmp_path / spec.file, spec), graph.model_input(x))
+        ref = timm_forward(timm_fixture, x)
+        assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-4
+        assert mod.run_defaults(tmp_path / spec.file) == {}
+    finally:
+        backends._REGISTRY.pop("tfgraph", None)
+        sys.modules.pop(mod.__name__, None)
+
+
+def test_worked_example_rewrite_drops_identities():
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rewrite_code = next(b for b in _blocks("python") if "def drop_identities" in b)
+    scope: dict = {}
+    exec(compile(rewrite_code, str(DOC), "exec"), scope)
+    nodes = [helper.make_node("Identity", ["x"], ["a"]), helper.make_node("Identity", ["a"], ["b"]),
+             helper.make_node("Relu", ["b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    want = run(model)
+    out, count = scope["drop_identities"](model)
+    onnx.checker.check_model(out)
+    assert count == 2 and [n.op_type for n in out.graph.node] == ["Relu"]
+    assert np.array_equal(run(out), want)

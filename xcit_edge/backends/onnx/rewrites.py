@@ -34,6 +34,7 @@ probe (1e-5 relative max error), else returns the original.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
@@ -449,7 +450,17 @@ def drop_unused(model) -> None:
     model.graph.value_info.extend(keep_vi)
 
 
-REWRITES = ("tensordot_folded", "pads_into_conv", "layernorm", "scales_folded", "gelu_div", "l2_norm")
+# The passes in the order they run, by the name manifests and `optimize_skip` use (one list, like tf2onnx's
+# optimizer table): each takes a model and returns (model, rewrites made); adding a rewrite is one entry here.
+PASSES: tuple[tuple[str, Callable], ...] = (
+    ("tensordot_folded", fold_tensordot),
+    ("pads_into_conv", pad_into_conv),  # before scales_folded: onnx-tf's padded LPI convs then match it
+    ("layernorm", fuse_layernorm),
+    ("scales_folded", fold_scales),
+    ("gelu_div", gelu_div_form),
+    ("l2_norm", l2_norm_form),
+)
+REWRITES = tuple(name for name, _ in PASSES)
 
 
 def optimize(model, skip: tuple[str, ...] = ()) -> tuple[object, dict]:
@@ -465,8 +476,7 @@ def optimize(model, skip: tuple[str, ...] = ()) -> tuple[object, dict]:
     original = onnx.ModelProto()
     original.CopyFrom(model)
     counts = {}
-    rewrites = (fold_tensordot, pad_into_conv, fuse_layernorm, fold_scales, gelu_div_form, l2_norm_form)
-    for name, rewrite in zip(REWRITES, rewrites, strict=True):
+    for name, rewrite in PASSES:
         model, counts[name] = (model, 0) if name in skip else rewrite(model)
     if not any(counts.values()):
         return original, counts
