@@ -410,3 +410,22 @@ def test_progress_off_a_terminal_is_one_line_per_step(capsys):
     assert steps == ["calibration images (1/50)", "calibration images (50/50)", "converting onnx (0/2)",
                      "converting openvino (1/2)", "targets done (2/2)"], lines
     assert _Bars(quiet=True, tty=False).lines is False
+
+
+def test_convert_summary_columns_line_up(capsys):
+    from xcit_edge.cli import _print_convert_summary
+    from xcit_edge.convert import ArtifactResult
+
+    def result(target: str, path: str, blocks: int, mb: float) -> ArtifactResult:
+        check = {"failures": [], "cosine_mean": 0.99991, "top1_agreement": 1.0, "images": 16}
+        manifest = {"check": check, "artifact": {"files": [{"bytes": int(mb * 1e6)}]},
+                    "xca": {"enabled": True, "in_artifact": blocks, "expected": blocks}}
+        return ArtifactResult(target, Path(path), manifest)
+
+    _print_convert_summary([result("onnx", "o/onnx", 4, 1.5),
+                            result("tflite-16x8-full", "o/tflite-16x8-full", 12, 12.25),
+                            ArtifactResult("openvino", Path("o/openvino"), {}, error="openvino: conversion failed")])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[2].startswith("openvino          ") and lines[2].endswith("conversion failed")
+    for column in ("MB", "XCA fused", "cosine", "top-1 agreement", "ok"):
+        assert len({line.index(column) for line in lines[:2]}) == 1, (column, lines)

@@ -334,24 +334,37 @@ def _reference_options(device, tpu, zone, project, precision):
     return ReferenceOptions(device=device, tpu=tpu, zone=zone, project=project, precision=precision)
 
 
+def _convert_row(r) -> list[str]:
+    """One artifact's cells: target, path, size, XCA, cosine, agreement, verdict."""
+    if r.error:
+        return [r.target, f"FAILED: {r.error}"]
+    c = r.manifest["check"]
+    size = sum(f["bytes"] for f in r.manifest["artifact"]["files"])
+    verdict = "ok" if not c["failures"] else "CHECK: " + "; ".join(c["failures"])
+    x = r.manifest["xca"]
+    fused = f"XCA fused {x['in_artifact']}/{x['expected']}" if x["enabled"] else "XCA not fused"
+    if md := r.manifest.get("max_drop"):  # measured on every calibration image: supersedes the quick check
+        verdict = (f"ok: drop {md['measured_drop']:.2f} <= {md['max_drop']:g} on {md['basis'].split(' on ')[-1]} "
+                   f"({len(md['kept_nodes'])} layers kept in float, {md['method']})")
+    agree = (f"top-1 agreement {c['top1_agreement']:.3f}" if "top1_agreement" in c
+             else f"NN agreement {c.get('nn_agreement', float('nan')):.3f}")
+    return [r.target, str(r.path), f"{size / 1e6:.2f} MB", fused, f"cosine {c['cosine_mean']:.6f}",
+            f"{agree} ({c['images']} images)", verdict]
+
+
 def _print_convert_summary(results) -> None:
-    width = max(len(r.target) for r in results) if results else 0
-    for r in results:
-        if r.error:
-            click.echo(f"{r.target:{width}s} FAILED: {r.error}")
+    """One line per artifact, columns aligned (a failed target's line is its name and its error)."""
+    rows = [_convert_row(r) for r in results]
+    full = [row for row in rows if len(row) > 2]
+    widths = [max(len(row[k]) for row in full) for k in range(7)] if full else []
+    name_width = max((len(row[0]) for row in rows), default=0)
+    for row in rows:
+        if len(row) == 2:
+            click.echo(f"{row[0]:{name_width}s}  {row[1]}")
             continue
-        c = r.manifest["check"]
-        size = sum(f["bytes"] for f in r.manifest["artifact"]["files"])
-        verdict = "ok" if not c["failures"] else "CHECK: " + "; ".join(c["failures"])
-        x = r.manifest["xca"]
-        fused = f"XCA fused {x['in_artifact']}/{x['expected']}" if x["enabled"] else "XCA not fused"
-        if md := r.manifest.get("max_drop"):  # measured on every calibration image: supersedes the quick check
-            verdict = (f"ok: drop {md['measured_drop']:.2f} <= {md['max_drop']:g} on {md['basis'].split(' on ')[-1]} "
-                       f"({len(md['kept_nodes'])} layers kept in float, {md['method']})")
-        agree = (f"top-1 agreement {c['top1_agreement']:.3f}" if "top1_agreement" in c
-                 else f"NN agreement {c.get('nn_agreement', float('nan')):.3f}")
-        click.echo(f"{r.target:{width}s} {r.path}  {size / 1e6:7.2f} MB  {fused}  cosine {c['cosine_mean']:.6f}  "
-                   f"{agree} ({c['images']} images)  {verdict}")
+        cells = [row[0].ljust(name_width), row[1].ljust(widths[1]), row[2].rjust(widths[2]),
+                 *(cell.ljust(w) for cell, w in zip(row[3:6], widths[3:6], strict=True)), row[6]]
+        click.echo("  ".join(cells))
 
 
 def _validate_stage(stage: str, done: int, total: int) -> str:
