@@ -3,7 +3,7 @@
 Each (model, target) pair runs in a fresh process so its peak RSS is its own; times include
 loading the SavedModel, freezing, calibration decoding and the post-conversion check, i.e.
 what a user waits for. Ratios are against the `onnx` conversion of the same model, measured
-in the same run. The last columns hold `convert`'s memory estimate (`xcit_edge/memory.py`, what
+in the same run. The last columns hold `convert`'s memory estimate (`xcit_edge/util/memory.py`, what
 `--max-memory` is checked against) and measured peak / estimate: it should stay at or below 1.
 The `all` row converts every target in one process, as users do.
 
@@ -50,9 +50,9 @@ def main() -> None:
     print(machine_line(), flush=True)
     cli = [sys.executable, "-m", "xcit_edge.cli", "--quiet"]
     from xcit_edge.convert import ConvertOptions, calibration_limit
-    from xcit_edge.memory import estimate, tree_bytes
+    from xcit_edge.model.zoo import get_config
     from xcit_edge.targets import parse_targets
-    from xcit_edge.zoo import get_config
+    from xcit_edge.util.memory import estimate, tree_bytes
 
     specs = {t.name: t for t in parse_targets(args.targets)}
     targets = list(specs)

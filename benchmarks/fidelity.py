@@ -16,14 +16,17 @@ from pathlib import Path
 import timm  # noqa: F401 - timm (torchvision) and torch before TensorFlow: see tests/conftest.py
 import torch
 
-from xcit_edge.tfimport import import_tensorflow_quietly
+from xcit_edge.util.tfimport import import_tensorflow_quietly
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.timm_ref, the tests' reference
 
 import_tensorflow_quietly()
 
+from support.timm_ref import images, rel_max_err, seeded_timm_model, timm_forward  # noqa: E402
+
 from xcit_edge.model.weights import load_weights  # noqa: E402
 from xcit_edge.model.xcit import build_model  # noqa: E402
-from xcit_edge.timm_ref import images, rel_max_err, seeded_timm_model, timm_forward  # noqa: E402
-from xcit_edge.zoo import get_config  # noqa: E402
+from xcit_edge.model.zoo import get_config  # noqa: E402
 
 DEFAULT = ["xcit_nano_12_p16_224", "xcit_tiny_12_p16_224", "xcit_nano_12_p8_224", "xcit_nano_12_p16_384"]
 

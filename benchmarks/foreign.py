@@ -47,10 +47,10 @@ def _cli(*args) -> tuple[int, str]:
 def _timm(model: str):
     from conftest import FIXTURE_WEIGHTS
     from safetensors.torch import load_file
+    from support.timm_ref import seeded_timm_model
     from timm.models.xcit import Xcit
 
-    from xcit_edge.timm_ref import seeded_timm_model
-    from xcit_edge.zoo import FIXTURE
+    from xcit_edge.model.zoo import FIXTURE
 
     if model == "nano":
         return seeded_timm_model("xcit_nano_12_p16_224", seed=5), 224
@@ -65,8 +65,8 @@ def _keras(model: str, features: bool, work: Path) -> Path:
     """Our build of the same weights (the timm state dict imported), as the baseline row."""
     from safetensors.torch import save_file
 
-    from xcit_edge.build import build
-    from xcit_edge.zoo import FIXTURE
+    from xcit_edge.model.build import build
+    from xcit_edge.model.zoo import FIXTURE
 
     net, size = _timm(model)
     weights = work / f"{model}.safetensors"
@@ -82,11 +82,11 @@ def _row(name: str, src: Path, model: str, features: bool, work: Path) -> dict:
     from conftest import rel_max_err, timm_forward
 
     from xcit_edge.backends import backend
-    from xcit_edge.calibration import normalize
+    from xcit_edge.data.calibration import normalize
+    from xcit_edge.data.preprocessing import timm_default
+    from xcit_edge.data.synthetic import make_images
     from xcit_edge.graph import prepare
     from xcit_edge.metrics import agreement
-    from xcit_edge.preprocessing import timm_default
-    from xcit_edge.synthetic import make_images
     from xcit_edge.targets import all_targets
 
     net, size = _timm(model)
@@ -121,7 +121,7 @@ def _row(name: str, src: Path, model: str, features: bool, work: Path) -> dict:
     if out.strip():
         for a in json.loads(out)["artifacts"]:
             row["targets"].setdefault(a["target"], {})["validate"] = "pass" if a["passed"] else "fail"
-    row["expected_blocks"] = source.xca["expected"]
+    row["expected_blocks"] = source.xca.expected
     return row
 
 
@@ -145,7 +145,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    from xcit_edge.tfimport import import_tensorflow_quietly
+    from xcit_edge.util.tfimport import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

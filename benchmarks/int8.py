@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.timm_ref, the tests' reference
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "xcit_fixture_4_p8_64.safetensors"
 FLOAT_OF = {"tflite-int8": "tflite-fp16", "tflite-dynamic-int8": "tflite-fp16", "onnx-int8": "onnx",
@@ -44,9 +47,9 @@ def _convert(model: Path, targets: list[str], out: Path, calibration: Path | Non
 def accuracy(images: int, work: Path) -> None:
     from safetensors.numpy import load_file, save_file
 
-    from xcit_edge.build import build
+    from xcit_edge.data.synthetic import make_images
+    from xcit_edge.model.build import build
     from xcit_edge.model.stress import stress_weights
-    from xcit_edge.synthetic import make_images
     from xcit_edge.targets import all_targets
     from xcit_edge.validate import ValidateOptions, validate
 
@@ -70,7 +73,7 @@ def accuracy(images: int, work: Path) -> None:
 
 def latency(iterations: int, work: Path) -> None:
     from xcit_edge.bench import BenchOptions, bench
-    from xcit_edge.build import build
+    from xcit_edge.model.build import build
     from xcit_edge.targets import all_targets
 
     build("xcit_nano_12_p16_224", work / "nano", weights=work / "nano.safetensors", force=True)
@@ -110,8 +113,7 @@ def nano_weights(path: Path) -> None:
     """Seeded timm nano weights as safetensors. Before TensorFlow is imported: torch's triton import
     segfaulted in a process that had loaded TensorFlow 2.21 first (measured)."""
     from safetensors.torch import save_file
-
-    from xcit_edge.timm_ref import seeded_timm_model
+    from support.timm_ref import seeded_timm_model
 
     model = seeded_timm_model("xcit_nano_12_p16_224", seed=0)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
@@ -134,7 +136,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="int8-bench-"))
     if not args.skip_latency:
         nano_weights(work / "nano.safetensors")
-    from xcit_edge.tfimport import import_tensorflow_quietly
+    from xcit_edge.util.tfimport import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     if not args.skip_accuracy:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.tfimport import import_tensorflow_quietly
+from xcit_edge.util.tfimport import import_tensorflow_quietly
 
 POLICIES = {
     "all-int8": [],
@@ -71,10 +71,10 @@ def main() -> None:
 
     print(machine_line(), flush=True)
     import_tensorflow_quietly()
-    from xcit_edge.build import build
-    from xcit_edge.calibration import normalize
+    from xcit_edge.data.calibration import normalize
+    from xcit_edge.data.synthetic import make_images
     from xcit_edge.graph import prepare
-    from xcit_edge.synthetic import make_images
+    from xcit_edge.model.build import build
 
     tmp = Path(tempfile.mkdtemp(prefix="int8-policy-"))
     build("xcit_fixture_4_p8_64", tmp / "sm", weights=FIXTURE)

@@ -1,4 +1,4 @@
-"""Memory per decoded image of `reference` and `validate`: the slope behind `xcit_edge/memory.py`'s image factors.
+"""Memory per decoded image of `reference` and `validate`: the slope behind `xcit_edge/util/memory.py`'s image factors.
 
 Each command runs twice on the same model and seeded images (N1 and N2 images, each run in its own process);
 the peak RSS difference over N2 - N1 is the per-image cost, printed as a multiple of one float32 input (the
@@ -26,9 +26,9 @@ def main() -> None:
     from xcit_edge.bench import machine_line
 
     print(machine_line(), flush=True)
-    from xcit_edge.memory import IMAGE_FACTOR, REFERENCE_IMAGE_FACTOR, estimate, tree_bytes
-    from xcit_edge.synthetic import make_images
-    from xcit_edge.zoo import get_config
+    from xcit_edge.data.synthetic import make_images
+    from xcit_edge.model.zoo import get_config
+    from xcit_edge.util.memory import IMAGE_FACTOR, REFERENCE_IMAGE_FACTOR, estimate, tree_bytes
 
     n1, n2 = (int(v) for v in args.images.split(","))
     size = get_config(args.model).img_size

@@ -45,17 +45,17 @@ def main() -> None:
                     help="calibration images: --calib generated ones (seed 10) or the shipped sample (80, as the demo)")
     args = ap.parse_args()
     from xcit_edge.bench import machine_line
-    from xcit_edge.tfimport import import_tensorflow_quietly
+    from xcit_edge.util.tfimport import import_tensorflow_quietly
 
     print(machine_line(), flush=True)
     import_tensorflow_quietly()
     from safetensors.numpy import load_file, save_file
 
-    from xcit_edge.build import build
-    from xcit_edge.calibration import load_calibration, normalize
+    from xcit_edge.data.calibration import load_calibration, normalize
+    from xcit_edge.data.synthetic import make_images
     from xcit_edge.graph import prepare
+    from xcit_edge.model.build import build
     from xcit_edge.model.stress import stress_weights
-    from xcit_edge.synthetic import make_images
 
     tmp = Path(tempfile.mkdtemp(prefix="npu-bits-"))
     save_file(stress_weights(load_file(str(FIXTURE))), str(tmp / "stress.safetensors"))

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.timm_ref, the tests' reference
+
 with contextlib.suppress(ImportError):  # torch before TensorFlow (import-order crash otherwise)
     import timm  # noqa: F401
     import torch
@@ -84,8 +86,7 @@ def _cli(args: list[str]) -> float:
 def prepare(name: str, work: Path, seed: int) -> dict:
     """Seeded weights, our SavedModel, the xcit-edge artifacts; conversion times."""
     from safetensors.torch import save_file
-
-    from xcit_edge.timm_ref import seeded_timm_model
+    from support.timm_ref import seeded_timm_model
 
     model = seeded_timm_model(name, seed=seed)
     ckpt = work / "weights.safetensors"
@@ -384,7 +385,7 @@ def main() -> None:
     args = ap.parse_args()
     print(machine_line(), flush=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from xcit_edge.tfimport import import_tensorflow_quietly
+    from xcit_edge.util.tfimport import import_tensorflow_quietly
 
     tf = import_tensorflow_quietly()
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)

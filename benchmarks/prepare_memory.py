@@ -1,5 +1,5 @@
 """Resident memory after each step of `graph.prepare` (load, freeze, GELU canonicalization, XCA fusion, the
-adapted function): where the model term of `xcit_edge/memory.py` (48 x the SavedModel's bytes) comes from.
+adapted function): where the model term of `xcit_edge/util/memory.py` (48 x the SavedModel's bytes) comes from.
 
 The steps are `graph/freeze.py`'s own, called in its order on a SavedModel built with seeded weights; VmRSS
 and VmHWM (peak) are read from /proc/self/status after each, printed with their growth as a multiple of
@@ -37,14 +37,14 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "xcit_edge.cli", "--quiet", "build", args.model, "--out", str(sm)],
                    check=True)
 
-    from xcit_edge.tfimport import import_tensorflow_quietly
+    from xcit_edge.util.tfimport import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     from xcit_edge.graph import freeze as fz
-    from xcit_edge.memory import tree_bytes
-    from xcit_edge.savedmodel import read_metadata
+    from xcit_edge.model.savedmodel import read_metadata
+    from xcit_edge.util.memory import tree_bytes
 
     size = tree_bytes(sm)
     rss0, _ = _status()

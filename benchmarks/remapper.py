@@ -24,11 +24,11 @@ sys.path.insert(0, {tests!r})
 import conftest  # torch before TensorFlow
 from pathlib import Path
 import numpy as np
-from xcit_edge.tfimport import import_tensorflow_quietly
+from xcit_edge.util.tfimport import import_tensorflow_quietly
 tf = import_tensorflow_quietly()
 if {off}:
     tf.config.optimizer.set_experimental_options({{"remapping": False}})
-import xcit_edge.tfimport as t
+import xcit_edge.util.tfimport as t
 t.exact_tensorflow = lambda: tf  # measure TensorFlow as configured here, not as xcit-edge sets it
 from xcit_edge.graph import prepare
 from xcit_edge.metrics import cosine
@@ -46,11 +46,11 @@ def main(size: int) -> None:
     import numpy as np
     from conftest import FIXTURE_WEIGHTS, onnx2tf_saved_model
     from safetensors.torch import load_file
+    from support.timm_ref import images, timm_forward
     from timm.models.xcit import Xcit
 
     from xcit_edge.metrics import cosine
-    from xcit_edge.timm_ref import images, timm_forward
-    from xcit_edge.zoo import FIXTURE as c
+    from xcit_edge.model.zoo import FIXTURE as c
 
     model = Xcit(img_size=c.img_size, patch_size=c.patch_size, embed_dim=c.embed_dim, depth=c.depth,
                  num_heads=c.num_heads, num_classes=c.num_classes, eta=c.eta, tokens_norm=c.tokens_norm)

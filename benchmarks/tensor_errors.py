@@ -29,15 +29,15 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
     from xcit_edge.bench import machine_line
-    from xcit_edge.tfimport import import_tensorflow_quietly
+    from xcit_edge.util.tfimport import import_tensorflow_quietly
 
     print(machine_line(), flush=True)
     import_tensorflow_quietly()
     from xcit_edge.backends import tflite
-    from xcit_edge.build import build
-    from xcit_edge.calibration import load_calibration, normalize
+    from xcit_edge.data.calibration import load_calibration, normalize
+    from xcit_edge.data.synthetic import make_images
     from xcit_edge.graph import prepare
-    from xcit_edge.synthetic import make_images
+    from xcit_edge.model.build import build
     from xcit_edge.targets import all_targets
 
     tmp = Path(tempfile.mkdtemp(prefix="tensor-errors-"))

@@ -12,7 +12,7 @@ python3 -m venv "$W/tf220"
 .venv/bin/python - "$W" <<'PY'
 import sys
 import numpy as np
-from xcit_edge.synthetic import make_images
+from xcit_edge.data.synthetic import make_images
 px, lab = make_images(300, 64, seed=11)
 np.savez(f"{sys.argv[1]}/held.npz", images=px, labels=lab)
 PY

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.timm_ref, the tests' reference
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "xcit_edge.cli", "-q"]
 WEIGHTS = ROOT / "tests" / "fixtures" / "xcit_fixture_4_p8_64.safetensors"
@@ -44,8 +46,7 @@ def xe(*args, check: bool = True) -> int:
 
 def sabotage(work: Path) -> dict[str, Path]:
     from safetensors.numpy import load_file, save_file
-
-    from xcit_edge.timm_ref import sabotaged
+    from support.timm_ref import sabotaged
 
     paths = {}
     for name, weights in sabotaged(load_file(WEIGHTS)).items():
@@ -58,7 +59,7 @@ def main(work: Path) -> None:
     from xcit_edge.bench import machine_line
 
     print(machine_line(), flush=True)
-    from xcit_edge.synthetic import make_images
+    from xcit_edge.data.synthetic import make_images
 
     for name, n, seed in (("calib", 200, 10), ("held", 300, 11)):
         px, lab = make_images(n, 64, seed=seed)

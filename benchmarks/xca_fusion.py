@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.timm_ref, the tests' reference
+
 with contextlib.suppress(ImportError):  # torch before TensorFlow (import-order crash otherwise)
     import timm  # noqa: F401
     import torch  # noqa: F401
 
-from xcit_edge.tfimport import import_tensorflow_quietly
+from xcit_edge.util.tfimport import import_tensorflow_quietly
 
 TARGETS = ("onnx", "openvino", "tflite-fp16")
 
@@ -97,8 +100,7 @@ def _artifacts(sm: Path, tmp: Path, threads: int) -> dict:
 def _timm_onnx(model_name: str, seed: int, size: int, tmp: Path, threads: int):
     try:
         import torch
-
-        from xcit_edge.timm_ref import seeded_timm_model
+        from support.timm_ref import seeded_timm_model
     except ImportError:
         return None
     model = seeded_timm_model(model_name, seed=seed)
@@ -129,9 +131,9 @@ def _nchw(x: np.ndarray) -> np.ndarray:
 
 def bench_model(model_name: str, batches: list[int], threads: int, reps: int) -> None:
     import torch  # noqa: F401 - timm reference
+    from support.timm_ref import images, rel_max_err, seeded_timm_model
 
-    from xcit_edge.build import build
-    from xcit_edge.timm_ref import images, rel_max_err, seeded_timm_model
+    from xcit_edge.model.build import build
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-xca-"))
     print(f"{model_name}: artifacts in {tmp} (fused/, as-written/, timm.onnx)", flush=True)

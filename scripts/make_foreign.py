@@ -36,6 +36,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.timm_ref, the tests' reference
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_DIR = ROOT / "tests" / "fixtures" / "foreign"
 FOREIGN_SIZE = 96  # the fixture at 96 px: at 64 px its 64 tokens equal its 64 channels (onnx2tf mislays it)
@@ -91,8 +93,9 @@ def timm_model(model: str, features: bool):
     from timm.models.xcit import Xcit
 
     sys.path.insert(0, str(ROOT))
-    from xcit_edge.timm_ref import seeded_timm_model
-    from xcit_edge.zoo import FIXTURE
+    from support.timm_ref import seeded_timm_model
+
+    from xcit_edge.model.zoo import FIXTURE
 
     if model == "nano":
         net = seeded_timm_model("xcit_nano_12_p16_224", seed=5)

@@ -9,7 +9,7 @@ The fixture was trained on seed 1 and validated on seed 2; the shipped sample is
 import argparse
 from pathlib import Path
 
-from xcit_edge.synthetic import write_folder
+from xcit_edge.data.synthetic import write_folder
 
 SHIPPED = Path(__file__).resolve().parent.parent / "calibration" / "sample"
 

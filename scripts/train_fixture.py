@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import save_file
 from timm.models.xcit import Xcit
 
-from xcit_edge.synthetic import CLASSES, make_images
-from xcit_edge.zoo import FIXTURE, IMAGENET_MEAN, IMAGENET_STD
+from xcit_edge.data.synthetic import CLASSES, make_images
+from xcit_edge.model.zoo import FIXTURE, IMAGENET_MEAN, IMAGENET_STD
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 

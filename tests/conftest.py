@@ -21,13 +21,14 @@ with contextlib.suppress(ImportError):
     import timm  # noqa: F401
     import torch  # noqa: F401
 
-from xcit_edge.tfimport import import_tensorflow_quietly
+from xcit_edge.util.tfimport import import_tensorflow_quietly
 
 import_tensorflow_quietly()
 
-from xcit_edge.synthetic import make_images  # noqa: E402
-from xcit_edge.timm_ref import images, rel_max_err, seeded_timm_model, timm_forward  # noqa: E402, F401
-from xcit_edge.zoo import FIXTURE  # noqa: E402
+from support.timm_ref import images, rel_max_err, seeded_timm_model, timm_forward  # noqa: E402, F401
+
+from xcit_edge.data.synthetic import make_images  # noqa: E402
+from xcit_edge.model.zoo import FIXTURE  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +76,7 @@ def shared_once(tmp_path_factory, worker_id: str, name: str, make: Callable[[Pat
 @pytest.fixture(scope="session")
 def fixture_dir(tmp_path_factory, worker_id):
     """The trained fixture as our SavedModel (one for the whole run: artifacts built from it are shared)."""
-    from xcit_edge.build import build
+    from xcit_edge.model.build import build
 
     def make(work: Path) -> str:
         build(FIXTURE.name, work / "fixture", weights=FIXTURE_WEIGHTS)

@@ -108,11 +108,11 @@ def test_worked_example_backend_converts_the_fixture(fixture_dir, timm_fixture, 
     from conftest import timm_forward
 
     from xcit_edge import backends
-    from xcit_edge.calibration import normalize
+    from xcit_edge.data.calibration import normalize
+    from xcit_edge.data.preprocessing import timm_default
     from xcit_edge.graph import prepare
-    from xcit_edge.preprocessing import timm_default
+    from xcit_edge.model.zoo import FIXTURE
     from xcit_edge.targets import TargetSpec
-    from xcit_edge.zoo import FIXTURE
 
     backend_code = next(b for b in _blocks("python") if "register(" in b)
     mod = types.ModuleType("tfgraph_example")

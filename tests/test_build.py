@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 from conftest import images, one_line_error, rel_max_err, run, seeded_timm_model, timm_forward
 
-from xcit_edge.fsutil import sha256_tree
-from xcit_edge.savedmodel import read_metadata
+from xcit_edge.model.savedmodel import read_metadata
+from xcit_edge.util.fs import sha256_tree
 
 NANO = "xcit_nano_12_p16_224"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xcit_edge.calibration import (
+from xcit_edge.data.calibration import (
     decode_image,
     imagenet_labels,
     imagenet_synsets,
@@ -14,9 +14,9 @@ from xcit_edge.calibration import (
     normalize,
     subset_definitions,
 )
+from xcit_edge.data.preprocessing import Preprocessing, timm_default
+from xcit_edge.data.synthetic import CLASSES, make_images, write_folder
 from xcit_edge.errors import UsageError
-from xcit_edge.preprocessing import Preprocessing, timm_default
-from xcit_edge.synthetic import CLASSES, make_images, write_folder
 
 PRE = timm_default(64)
 

@@ -8,8 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from xcit_edge.checkpoint import read_checkpoint
 from xcit_edge.errors import UsageError
+from xcit_edge.model.checkpoint import read_checkpoint
 
 torch = pytest.importorskip("torch")
 

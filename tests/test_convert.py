@@ -9,14 +9,14 @@ import pytest
 from conftest import FIXTURE_WEIGHTS, images, one_line_error, rel_max_err, run, timm_forward
 
 from xcit_edge.backends import backend
-from xcit_edge.build import build
-from xcit_edge.calibration import normalize
-from xcit_edge.fsutil import sha256_file
+from xcit_edge.data.calibration import normalize
+from xcit_edge.data.preprocessing import timm_default
+from xcit_edge.data.synthetic import CLASSES
 from xcit_edge.metrics import agreement
-from xcit_edge.preprocessing import timm_default
-from xcit_edge.synthetic import CLASSES
+from xcit_edge.model.build import build
+from xcit_edge.model.zoo import FIXTURE
 from xcit_edge.targets import all_targets
-from xcit_edge.zoo import FIXTURE
+from xcit_edge.util.fs import sha256_file
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
@@ -57,27 +57,27 @@ def test_fixture_every_target_keeps_its_promise(fixture_artifacts, timm_fixture,
 
 
 def test_manifest_describes_the_artifact(fixture_artifacts, fixture_dir):
-    from xcit_edge.artifact import read_manifest
-    from xcit_edge.fsutil import sha256_tree
+    from xcit_edge.artifact.manifest import Manifest, read_manifest
+    from xcit_edge.util.fs import sha256_tree
 
     for name, entry in fixture_artifacts.items():
         man = read_manifest(Path(entry["path"]))
-        assert man["target"]["name"] == name
-        assert man["source"]["sha256"] == sha256_tree(fixture_dir)
-        assert man["source"]["arch"] == FIXTURE.name
-        for f in man["artifact"]["files"]:
-            path = Path(entry["path"]) / f["file"]
-            assert sha256_file(path) == f["sha256"] and path.stat().st_size == f["bytes"]
+        assert man.target_name == name
+        assert man.source.sha256 == sha256_tree(fixture_dir)
+        assert man.source.arch == FIXTURE.name
+        for f in man.files:
+            path = Path(entry["path"]) / f.file
+            assert sha256_file(path) == f.sha256 and path.stat().st_size == f.bytes
         assert (Path(entry["path"]) / "labels.txt").read_text().split() == list(CLASSES)
-        assert man["io"]["input"]["shape"][1:] == [64, 64, 3]
-        assert {"tensorflow", "onnx", "openvino"} <= set(man["libraries"]) | {"tensorflow"}
-    int8 = json.loads((Path(fixture_artifacts["tflite-int8"]["path"]) / "manifest.json").read_text())
-    assert any(k.startswith("DIV") for k in int8["kept_float"]) and int8["calibration"]["images"] == 200
+        assert man.io.input.shape[1:] == (64, 64, 3) and man.labels.count == len(CLASSES)
+        assert {"tensorflow", "onnx", "openvino"} <= set(man.libraries) | {"tensorflow"}
+        assert (man.xca.expected, man.xca.fused, man.xca.in_artifact) == (4, 4, 4), man.xca
+        doc = json.loads((Path(entry["path"]) / "manifest.json").read_text())
+        assert man.to_dict() == doc and Manifest.from_dict(doc, name) == man  # the record is the whole file
+    int8 = read_manifest(Path(fixture_artifacts["tflite-int8"]["path"]))
+    assert any(k.startswith("DIV") for k in int8.kept_float) and int8.calibration.images == 200
     # read back: the products are int8 but for the head (64 x 10 = 640 weights, under min_weight_elements 1024)
-    assert [k for k in int8["kept_float"] if k.startswith("FULLY_CONNECTED")] == ["FULLY_CONNECTED x1"], int8
-    for entry in fixture_artifacts.values():
-        xca = read_manifest(Path(entry["path"]))["xca"]
-        assert (xca["expected"], xca["fused"], xca["in_artifact"]) == (4, 4, 4), xca
+    assert [k for k in int8.kept_float if k.startswith("FULLY_CONNECTED")] == ["FULLY_CONNECTED x1"], int8
 
 
 def test_onnx_shows_one_xca_function_node_per_block(fixture_artifacts):
@@ -177,7 +177,7 @@ def _check_all_targets(model_dir, timm_model, tmp_path, size: int = 224, depth: 
     x = images(4, size, seed=7)
     ref = timm_forward(timm_model, x)
     as_written = prepare(model_dir, fuse=False)
-    assert as_written.xca["fused"] == 0
+    assert as_written.xca.fused == 0
     got, fusion_err = {}, {}
     for entry in json.loads(res.stdout)["artifacts"]:
         assert entry["xca_fused"] == depth, entry  # every block, in every artifact
@@ -277,7 +277,7 @@ def test_nchw_tf_module_with_other_output_key(timm_fixture, held_out, calib_npz,
     outputs are tests/test_foreign.py's)."""
     import tensorflow as tf
 
-    from xcit_edge.build import build_keras
+    from xcit_edge.model.build import build_keras
 
     model, _ = build_keras(FIXTURE.name, FIXTURE_WEIGHTS)
 

@@ -8,7 +8,7 @@ from conftest import images, rel_max_err, seeded_timm_model, timm_forward
 
 from xcit_edge.model.weights import load_weights
 from xcit_edge.model.xcit import build_model, count_params
-from xcit_edge.zoo import get_config
+from xcit_edge.model.zoo import get_config
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")

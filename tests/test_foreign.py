@@ -16,12 +16,12 @@ import pytest
 from conftest import rel_max_err, run, timm_forward
 
 from xcit_edge.backends import backend
-from xcit_edge.calibration import normalize
+from xcit_edge.data.calibration import normalize
+from xcit_edge.data.preprocessing import timm_default, to_layout
+from xcit_edge.data.synthetic import make_images
 from xcit_edge.metrics import agreement
-from xcit_edge.preprocessing import timm_default, to_layout
-from xcit_edge.synthetic import make_images
+from xcit_edge.model.zoo import FIXTURE
 from xcit_edge.targets import all_targets
-from xcit_edge.zoo import FIXTURE
 
 pytest.importorskip("timm")
 
@@ -161,7 +161,7 @@ def test_an_unidentified_xcit_is_refused_unless_allowed(tmp_path):
     from conftest import one_line_error
 
     from xcit_edge.model.xcit import build_model
-    from xcit_edge.zoo import reduced_config
+    from xcit_edge.model.zoo import reduced_config
 
     model = build_model(reduced_config(), seed=1)
     m = tf.Module()

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import one_line_error, run
 
-from xcit_edge.inspection import read_saved_model_proto
-from xcit_edge.safety import reaching_outside
+from xcit_edge.source.inspect import read_saved_model_proto
+from xcit_edge.source.safety import reaching_outside
 
 
 def _save(path: Path, body) -> Path:
@@ -54,7 +54,7 @@ def test_a_model_reading_the_password_file_is_refused_not_run(reads_passwd, tmp_
 
 def test_trust_model_lets_it_through_with_a_warning(reads_passwd, tmp_path, caplog):
     model, _ = reads_passwd
-    with caplog.at_level(logging.WARNING, logger="xcit_edge.safety"):
+    with caplog.at_level(logging.WARNING, logger="xcit_edge.source.safety"):
         res = run("convert", model, "--target", "onnx", "--out", tmp_path / "out", "--trust-model")
     assert any("--trust-model" in r.message and "ReadFile" in r.message for r in caplog.records)
     assert "reaches outside" not in res.output  # past the op check (it is no XCiT: refused for that instead)

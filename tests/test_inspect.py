@@ -9,9 +9,9 @@ from click.testing import CliRunner
 
 from xcit_edge.cli import main
 from xcit_edge.errors import UsageError
-from xcit_edge.inspection import inspect_model
 from xcit_edge.model.xcit import build_model
-from xcit_edge.zoo import get_config, param_count
+from xcit_edge.model.zoo import get_config, param_count
+from xcit_edge.source.inspect import inspect_model
 
 
 def run(*args):
@@ -66,7 +66,7 @@ def test_layout_is_read_from_the_signature_whatever_the_library_order(foreign_nc
     the layout is what the signature's input reaches, not what the first function found takes (that
     answer changed with the order TensorFlow named the functions in: seen under pytest-xdist)."""
     from xcit_edge.graph.structure import function_input_layout
-    from xcit_edge.inspection import read_saved_model_proto
+    from xcit_edge.source.inspect import read_saved_model_proto
 
     mg = read_saved_model_proto(foreign_nchw).meta_graphs[0]
     functions = list(mg.graph_def.library.function)

@@ -14,12 +14,12 @@ import torch
 from conftest import FIXTURE_WEIGHTS, run, shared_once, timm_forward
 
 from xcit_edge.backends import backend
-from xcit_edge.calibration import normalize
+from xcit_edge.data.calibration import normalize
+from xcit_edge.data.preprocessing import timm_default
+from xcit_edge.data.synthetic import make_images
 from xcit_edge.metrics import agreement, failures
-from xcit_edge.preprocessing import timm_default
-from xcit_edge.synthetic import make_images
+from xcit_edge.model.zoo import FIXTURE
 from xcit_edge.targets import all_targets
-from xcit_edge.zoo import FIXTURE
 
 PRE = timm_default(FIXTURE.img_size)
 INT8 = [name for name, spec in all_targets().items() if spec.quantized]
@@ -48,9 +48,9 @@ def stress_weights_file(tmp_path_factory, worker_id):
 @pytest.fixture(scope="module")
 def random_init_model(tmp_path_factory):
     """A 2-block reduced XCiT with seeded random init (gamma 1, beta 0, zero class token), as a SavedModel."""
+    from xcit_edge.model.savedmodel import export_saved_model, model_metadata
     from xcit_edge.model.xcit import build_model
-    from xcit_edge.savedmodel import export_saved_model, model_metadata
-    from xcit_edge.zoo import reduced_config
+    from xcit_edge.model.zoo import reduced_config
 
     cfg = reduced_config(depth=2, embed_dim=32)
     out = tmp_path_factory.mktemp("random-init") / "sm"
@@ -308,10 +308,11 @@ def _unrunnable_copy(fixture_artifacts, where: Path) -> Path:
     """The tflite-int8 artifact with an input shape its weights cannot take, its manifest's hashes updated: a
     well-formed artifact that LiteRT with default options refuses to prepare."""
     import shutil
+    from dataclasses import replace
 
     from ai_edge_litert.tools import flatbuffer_utils as fbu
 
-    from xcit_edge.artifact import file_entries, read_manifest, write_manifest
+    from xcit_edge.artifact.manifest import file_entries, read_manifest, write_manifest
 
     dst = where / "tflite-int8"
     shutil.copytree(fixture_artifacts["tflite-int8"]["path"], dst)
@@ -319,8 +320,7 @@ def _unrunnable_copy(fixture_artifacts, where: Path) -> Path:
     model.subgraphs[0].tensors[model.subgraphs[0].inputs[0]].shape = [1, 8, 8, 3]
     (dst / "model.tflite").write_bytes(bytes(fbu.convert_object_to_bytearray(model)))
     man = read_manifest(dst)
-    man["artifact"]["files"] = file_entries(dst, [f["file"] for f in man["artifact"]["files"]])
-    write_manifest(dst, {k: v for k, v in man.items() if k not in ("format", "tool", "created")})
+    write_manifest(dst, replace(man, files=file_entries(dst, [f.file for f in man.files])))
     return dst
 
 
@@ -342,7 +342,7 @@ def test_an_artifact_the_runtime_dies_on_is_one_failed_verdict(fixture_artifacts
     """A native abort in the child run (simulated: the result of a child killed by SIGABRT) makes the artifact
     `broken`: validate gives it a failed verdict naming the signal and never loads it in this process."""
     from xcit_edge import validate as val
-    from xcit_edge.smoke import SmokeResult, _why
+    from xcit_edge.artifact.smoke import SmokeResult, _why
 
     monkeypatch.setattr(val, "smoke", lambda backend, path: SmokeResult(False, _why(-6, "free(): double free"),
                                                                         died=True))
@@ -354,7 +354,7 @@ def test_an_artifact_the_runtime_dies_on_is_one_failed_verdict(fixture_artifacts
 
 
 def test_a_native_abort_is_named_by_its_signal():
-    from xcit_edge.smoke import _why
+    from xcit_edge.artifact.smoke import _why
 
     proc = subprocess.run([sys.executable, "-c", "import os, sys; print('free(): double free', file=sys.stderr, "
                            "flush=True); os.abort()"], capture_output=True, text=True, check=False)
@@ -377,8 +377,8 @@ def test_max_drop_gives_layer_groups_back_by_measured_drop(timm_fixture, tmp_pat
     from safetensors.numpy import load_file, save_file
     from safetensors.torch import load_file as load_torch
 
+    from xcit_edge.data.synthetic import make_images
     from xcit_edge.model.stress import stress_weights
-    from xcit_edge.synthetic import make_images
 
     weights = tmp_path / "hard.safetensors"
     save_file(stress_weights(load_file(FIXTURE_WEIGHTS), channels=16, low=100, high=300), str(weights))

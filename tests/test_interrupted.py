@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from conftest import one_line_error, run
 
-from xcit_edge.fsutil import output_lock
 from xcit_edge.targets import all_targets
+from xcit_edge.util.fs import output_lock
 
 FLOAT_TARGETS = "onnx,tflite-fp16,openvino"
 
@@ -183,7 +183,7 @@ def test_a_second_convert_into_a_locked_out_fails_clearly_or_waits(fixture_dir, 
     holder = threading.Thread(target=hold)
     holder.start()
     holding.wait()
-    with caplog.at_level(logging.WARNING, logger="xcit_edge.fsutil"):
+    with caplog.at_level(logging.WARNING, logger="xcit_edge.util.fs"):
         # --wait: past the lock once the holder lets go, then on to the next check (a folder that is no
         # SavedModel: a MODEL path that does not exist is refused before any lock is taken)
         (tmp_path / "no-model").mkdir()
@@ -228,7 +228,7 @@ def test_the_next_run_sweeps_what_a_killed_one_left(tmp_path):
 
 _SIGNAL_DURING_IMPORT = """
 import pathlib, sys
-from xcit_edge.interrupt import guard, register
+from xcit_edge.util.interrupt import guard, register
 tmp = pathlib.Path(sys.argv[1]); tmp.mkdir()
 mod = pathlib.Path(sys.argv[2]); mod.write_text(
     "import os, signal, time\\nos.kill(os.getpid(), signal.SIGTERM)\\ntime.sleep(5)\\nprint('imported')\\n")
@@ -254,8 +254,8 @@ def test_a_signal_during_an_import_is_left_to_the_watchdog(tmp_path):
 
 _SIGNAL_DURING_IMPORT_THEN_PUBLISH = """
 import pathlib, sys
-from xcit_edge.fsutil import atomic_dir
-from xcit_edge.interrupt import guard
+from xcit_edge.util.fs import atomic_dir
+from xcit_edge.util.interrupt import guard
 out, mod = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 mod.write_text("import os, signal\\nos.kill(os.getpid(), signal.SIGTERM)\\n")
 sys.path.insert(0, str(mod.parent))

@@ -6,7 +6,7 @@ import pytest
 from conftest import one_line_error, run
 
 from xcit_edge.errors import UsageError
-from xcit_edge.memory import GIB, Estimate, available_memory, check_fits, estimate, parse_size, tree_bytes
+from xcit_edge.util.memory import GIB, Estimate, available_memory, check_fits, estimate, parse_size, tree_bytes
 
 
 def test_sizes_in_binary_units():

@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from xcit_edge.artifact import MANIFEST
-from xcit_edge.calibration import load_calibration
+from xcit_edge.artifact.manifest import MANIFEST
+from xcit_edge.artifact.open import open_artifact
+from xcit_edge.data.calibration import load_calibration
+from xcit_edge.data.preprocessing import timm_default
+from xcit_edge.data.synthetic import make_images
 from xcit_edge.errors import UsageError
-from xcit_edge.preprocessing import timm_default
-from xcit_edge.synthetic import make_images
 from xcit_edge.targets import all_targets
-from xcit_edge.validate import open_artifact
 
 PRE = timm_default(32)
 SETTINGS = settings(max_examples=120, deadline=None, derandomize=True, database=None,
@@ -158,7 +158,7 @@ def real_checkpoints(tmp_path_factory) -> dict[str, bytes]:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_checkpoint_reader_on_mutated_checkpoints(real_checkpoints, data):
-    from xcit_edge.checkpoint import read_checkpoint
+    from xcit_edge.model.checkpoint import read_checkpoint
 
     suffix = data.draw(st.sampled_from(sorted(real_checkpoints)))
     with tempfile.TemporaryDirectory() as d:

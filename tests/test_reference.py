@@ -34,8 +34,8 @@ def test_distributed_cpu_equals_one_device_in_order(fixture_dir, images30, timm_
     batch 2: the same outputs, bit for bit, in input order; and against timm per image."""
     from conftest import timm_forward
 
-    from xcit_edge.calibration import normalize
-    from xcit_edge.preprocessing import timm_default
+    from xcit_edge.data.calibration import normalize
+    from xcit_edge.data.preprocessing import timm_default
 
     four, one = tmp_path / "four.npz", tmp_path / "one.npz"
     res = _cli("reference", fixture_dir, "--calibration", images30, "--out", four, "--replicas", 4,

@@ -8,10 +8,10 @@ import zipfile
 import pytest
 import tensorflow as tf
 
-from xcit_edge import source
 from xcit_edge.errors import UsageError
-from xcit_edge.safety import safe_extract
-from xcit_edge.source import hub_download_url, resolve
+from xcit_edge.source import resolve as source
+from xcit_edge.source.resolve import hub_download_url, resolve
+from xcit_edge.source.safety import safe_extract
 
 
 @pytest.fixture(scope="module")

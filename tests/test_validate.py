@@ -12,12 +12,12 @@ import pytest
 from conftest import FIXTURE_WEIGHTS, one_line_error, run, timm_forward
 
 from xcit_edge.backends import backend
-from xcit_edge.build import build
-from xcit_edge.calibration import normalize
-from xcit_edge.preprocessing import timm_default
-from xcit_edge.synthetic import make_images
+from xcit_edge.data.calibration import normalize
+from xcit_edge.data.preprocessing import timm_default
+from xcit_edge.data.synthetic import make_images
+from xcit_edge.model.build import build
+from xcit_edge.model.zoo import FIXTURE
 from xcit_edge.targets import all_targets
-from xcit_edge.zoo import FIXTURE
 
 pytest.importorskip("timm")
 PRE = timm_default(FIXTURE.img_size)
@@ -120,8 +120,7 @@ def test_stored_reference_gives_the_same_results(good, fixture_artifacts, fixtur
 def sabotaged(tmp_path_factory):
     """The fixture with (a) 5 % noise on every weight matrix, (b) classes 0 and 1 swapped in the head."""
     from safetensors.numpy import load_file, save_file
-
-    from xcit_edge.timm_ref import sabotaged as broken
+    from support.timm_ref import sabotaged as broken
 
     root = tmp_path_factory.mktemp("sabotage")
     out = {}
@@ -175,7 +174,7 @@ def test_bad_input_is_one_line_and_exit_2(fixture_artifacts, fixture_dir, held_n
     # a file that matches its (rewritten) manifest but is no model: the runtime refuses it
     (broken / "model.onnx").write_bytes(b"not an onnx model")
     man = json.loads((broken / "manifest.json").read_text())
-    from xcit_edge.fsutil import sha256_file
+    from xcit_edge.util.fs import sha256_file
 
     man["artifact"]["files"][0]["sha256"] = sha256_file(broken / "model.onnx")
     (broken / "manifest.json").write_text(json.dumps(man))

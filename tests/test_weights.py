@@ -7,7 +7,7 @@ from conftest import seeded_timm_model
 from xcit_edge.errors import UsageError
 from xcit_edge.model.weights import assign_state_dict, key_map, load_weights, official_to_timm
 from xcit_edge.model.xcit import build_model
-from xcit_edge.zoo import get_config, reduced_config
+from xcit_edge.model.zoo import get_config, reduced_config
 
 torch = pytest.importorskip("torch")
 

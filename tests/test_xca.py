@@ -179,7 +179,7 @@ def test_partial_fusion_is_refused_unless_allowed(tmp_path):
     with pytest.raises(ConversionError, match="fused 1 of 2 XCA blocks"):
         prepare(sm, allow_unknown=True)
     graph = prepare(sm, allow_unknown=True, allow_partial_fusion=True)
-    assert (graph.xca["expected"], graph.xca["fused"]) == (2, 1)
+    assert (graph.xca.expected, graph.xca.fused) == (2, 1)
     assert prepare(sm, allow_unknown=True, fuse=False).xca == {"enabled": False, "expected": 2, "fused": 0}
     res = run("convert", sm, "--allow-unknown-model", "--target", "onnx", "--out", tmp_path / "o")
     assert "--allow-partial-fusion" in one_line_error(res, code=1)
@@ -208,7 +208,7 @@ def _fused_vs_as_written(sm, size: int, depth: int, tmp_path) -> dict:
     from xcit_edge.targets import all_targets
 
     graphs = {"fused": prepare(sm), "as-written": prepare(sm, fuse=False)}
-    assert graphs["fused"].xca["fused"] == depth, graphs["fused"].xca
+    assert graphs["fused"].xca.fused == depth, graphs["fused"].xca
     x = graphs["fused"].model_input(images(2, size, seed=4))
     errors = {}
     for spec in (_tflite_fp32(), all_targets()["onnx"], all_targets()["openvino"]):
@@ -232,8 +232,8 @@ def test_384_model_fused_equals_unfused(tmp_path):
     """The trained fixture at 384 px: 2304 tokens per XCA (the p8 / 384 regime)."""
     from pathlib import Path
 
-    from xcit_edge.build import build
-    from xcit_edge.zoo import FIXTURE
+    from xcit_edge.model.build import build
+    from xcit_edge.model.zoo import FIXTURE
 
     weights = Path(__file__).parent / "fixtures" / f"{FIXTURE.name}.safetensors"
     build(FIXTURE.name, tmp_path / "fx384", weights=weights, img_size=384)
@@ -243,9 +243,9 @@ def test_384_model_fused_equals_unfused(tmp_path):
 def _convert_24_layer(tmp_path, targets: str) -> dict:
     import json
 
+    from xcit_edge.model.savedmodel import export_saved_model, model_metadata
     from xcit_edge.model.xcit import build_model
-    from xcit_edge.savedmodel import export_saved_model, model_metadata
-    from xcit_edge.zoo import reduced_config
+    from xcit_edge.model.zoo import reduced_config
 
     cfg = reduced_config(depth=24, eta=1e-5, embed_dim=16)
     export_saved_model(build_model(cfg, seed=3), tmp_path / "sm", model_metadata(cfg, {"source": "random", "seed": 3}))

@@ -1,7 +1,7 @@
 import pytest
 
 from xcit_edge.errors import UsageError
-from xcit_edge.zoo import HUB_SEED_NAMES, get_config, param_count, reduced_config, timm_names
+from xcit_edge.model.zoo import HUB_SEED_NAMES, get_config, param_count, reduced_config, timm_names
 
 
 def test_28_timm_names_and_hub_names_resolve():

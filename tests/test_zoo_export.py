@@ -11,9 +11,9 @@ import shutil
 import keras
 import pytest
 
-from xcit_edge.build import build
-from xcit_edge.inspection import inspect_model
-from xcit_edge.zoo import HUB_SEED_NAMES, get_config
+from xcit_edge.model.build import build
+from xcit_edge.model.zoo import HUB_SEED_NAMES, get_config
+from xcit_edge.source.inspect import inspect_model
 
 BIG = ("xcit_medium_", "xcit_large_")
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from xcit_edge.errors import ConversionError, UsageError
+from xcit_edge.records import TensorInfo
 
 log = logging.getLogger(__name__)
 
@@ -237,13 +238,13 @@ def _add_memory(timings: list[Timing], candidates: list[Candidate], opts: BenchO
 def artifact_candidate(path: Path) -> Candidate:
     """An artifact directory as a candidate: manifest and file hashes checked now; its runtime loads it once per
     thread count, every candidate before any timing (`bench_candidates`)."""
-    from xcit_edge.validate import open_artifact
+    from xcit_edge.artifact.open import open_artifact
 
     art = open_artifact(path, load=False)
     if art.broken:
         raise ConversionError(f"{art.path}: {art.spec.backend}'s runtime with default options cannot run it "
                               f"({art.broken}); not timed")
-    io = art.manifest["io"]["input"]
+    io = art.manifest.io.input
 
     def load(threads: int):
         return partial(art.module.run, art.load(threads))
@@ -256,14 +257,14 @@ def _unique_name(target: str, path: Path) -> str:
     return target if path.name == target else f"{target} ({path.name})"
 
 
-def _artifact_input(io: dict, batch: int, rng: np.random.Generator) -> np.ndarray:
+def _artifact_input(io: TensorInfo, batch: int, rng: np.random.Generator) -> np.ndarray:
     """A seeded input in the artifact's contract: uint8 pixels when preprocessing is baked in, else
     standard-normal floats (the scale of normalized pixels)."""
-    dims = [int(d) for d in io["shape"][1:]]
+    dims = [int(d) for d in io.shape[1:]]
     if any(d < 1 for d in dims):
-        raise UsageError(f"input shape {io['shape']} has a dynamic spatial size: bench needs a fixed one")
+        raise UsageError(f"input shape {list(io.shape)} has a dynamic spatial size: bench needs a fixed one")
     shape = (batch, *dims)
-    if io.get("dtype") == "uint8":
+    if io.dtype == "uint8":
         return rng.integers(0, 256, size=shape, dtype=np.uint8)
     return rng.standard_normal(shape, dtype=np.float32)
 
@@ -300,16 +301,16 @@ def probe(path: Path, batch: int, threads: int) -> dict:
     """In a fresh process: peak RSS with only the runtime imported, then after load and PROBE_RUNS calls."""
     import importlib
 
-    from xcit_edge.artifact import read_manifest
+    from xcit_edge.artifact.manifest import read_manifest
+    from xcit_edge.artifact.open import open_artifact, shipped_spec
     from xcit_edge.backends import backend
-    from xcit_edge.validate import open_artifact, shipped_spec
 
     where = Path(path)
     spec = shipped_spec(read_manifest(where), where)
     importlib.import_module(backend(spec.backend).RUNTIME_MODULE)
     base = _peak_rss_mib()
     art = open_artifact(where, threads, run_check=False)  # bench checked it before timing
-    x = _artifact_input(art.manifest["io"]["input"], batch, np.random.default_rng(0))
+    x = _artifact_input(art.manifest.io.input, batch, np.random.default_rng(0))
     for _ in range(PROBE_RUNS):
         art.module.run(art.session, x)
     peak = _peak_rss_mib()
@@ -318,7 +319,7 @@ def probe(path: Path, batch: int, threads: int) -> dict:
 
 def bench(artifacts: list[Path], opts: BenchOptions, progress: Progress | None = None) -> BenchResult:
     """Time every artifact directory in its runtime (see the module doc); the first is the ratios' base."""
-    from xcit_edge.validate import artifact_paths
+    from xcit_edge.artifact.open import artifact_paths
 
     candidates = [artifact_candidate(Path(p)) for p in artifact_paths(artifacts, "bench")]
     return BenchResult(bench_candidates(candidates, opts, progress), opts, machine_info())

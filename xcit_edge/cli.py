@@ -27,7 +27,7 @@ class _Group(click.Group):
     """Turns library errors into one line and an exit code."""
 
     def invoke(self, ctx: click.Context):
-        from xcit_edge.interrupt import guard
+        from xcit_edge.util.interrupt import guard
 
         try:
             with guard():
@@ -90,7 +90,7 @@ def _tensorflow(ctx: click.Context) -> None:
     TensorFlow takes ~10-20 s to import: a typo'd target or a missing path is reported before that.
     """
     if not ctx.obj.get("verbose"):
-        from xcit_edge.tfimport import import_tensorflow_quietly
+        from xcit_edge.util.tfimport import import_tensorflow_quietly
 
         import_tensorflow_quietly()
 
@@ -107,8 +107,8 @@ def _tensorflow(ctx: click.Context) -> None:
 @click.pass_context
 def build(ctx, arch, weights, seed, features, img_size, out, force, as_json):
     """Build XCiT ARCH (timm or TF Hub name) and write it as a SavedModel."""
-    from xcit_edge.build import build as build_model
-    from xcit_edge.zoo import get_config
+    from xcit_edge.model.build import build as build_model
+    from xcit_edge.model.zoo import get_config
 
     get_config(arch)
     _tensorflow(ctx)
@@ -130,8 +130,8 @@ def build(ctx, arch, weights, seed, features, img_size, out, force, as_json):
 @click.pass_context
 def inspect(ctx, model, weights, as_json):
     """Describe MODEL: signatures, layout, XCiT variant, parameters, preprocessing."""
-    from xcit_edge.inspection import inspect_model
-    from xcit_edge.source import check_model_ref, resolve
+    from xcit_edge.source.inspect import inspect_model
+    from xcit_edge.source.resolve import check_model_ref, resolve
 
     check_model_ref(model, weights)
     _tensorflow(ctx)
@@ -150,7 +150,7 @@ def inspect(ctx, model, weights, as_json):
     click.echo(f"input layout:  {info.layout}")
     click.echo(f"XCiT variant:  {info.variant or 'unknown'} ({info.variant_origin})")
     click.echo(f"parameters:    {info.params:,} ({info.params_origin})")
-    from xcit_edge.preprocessing import Preprocessing
+    from xcit_edge.data.preprocessing import Preprocessing
 
     click.echo(f"preprocessing: {Preprocessing.from_dict(info.preprocessing).describe()} ({info.preprocessing_origin})")
 
@@ -159,8 +159,8 @@ def _preprocessing_override(size, mean, std, interpolation, crop_pct):
     """A Preprocessing from flags (foreign models), or None when no flag is given."""
     if not any(v is not None for v in (size, mean, std, interpolation, crop_pct)):
         return None
-    from xcit_edge.preprocessing import Preprocessing
-    from xcit_edge.zoo import IMAGENET_MEAN, IMAGENET_STD
+    from xcit_edge.data.preprocessing import Preprocessing
+    from xcit_edge.model.zoo import IMAGENET_MEAN, IMAGENET_STD
 
     def triple(text, default):
         if text is None:
@@ -283,7 +283,7 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
     """Convert MODEL (SavedModel dir, archive, hub handle or arch name) to TFLite, ONNX and OpenVINO."""
     from xcit_edge.convert import ConvertOptions
     from xcit_edge.convert import convert as run_convert
-    from xcit_edge.source import check_model_ref
+    from xcit_edge.source.resolve import check_model_ref
     from xcit_edge.targets import parse_targets
 
     specs = parse_targets(target)
@@ -319,7 +319,7 @@ def convert(ctx, model, target, out, calibration, labels_file, calibration_image
 
 
 def _max_memory(text: str | None) -> int | None:
-    from xcit_edge.memory import parse_size
+    from xcit_edge.util.memory import parse_size
 
     return parse_size(text) if text else None
 
@@ -336,20 +336,19 @@ def _reference_options(device, tpu, zone, project, precision):
 
 def _convert_row(r) -> list[str]:
     """One artifact's cells: target, path, size, XCA, cosine, agreement, verdict."""
-    if r.error:
+    m = r.manifest
+    if r.error or m is None:
         return [r.target, f"FAILED: {r.error}"]
-    c = r.manifest["check"]
-    size = sum(f["bytes"] for f in r.manifest["artifact"]["files"])
-    verdict = "ok" if not c["failures"] else "CHECK: " + "; ".join(c["failures"])
-    x = r.manifest["xca"]
-    fused = f"XCA fused {x['in_artifact']}/{x['expected']}" if x["enabled"] else "XCA not fused"
-    if md := r.manifest.get("max_drop"):  # measured on every calibration image: supersedes the quick check
-        verdict = (f"ok: drop {md['measured_drop']:.2f} <= {md['max_drop']:g} on {md['basis'].split(' on ')[-1]} "
-                   f"({len(md['kept_nodes'])} layers kept in float, {md['method']})")
-    agree = (f"top-1 agreement {c['top1_agreement']:.3f}" if "top1_agreement" in c
+    c = m.check
+    verdict = "ok" if not c.failures else "CHECK: " + "; ".join(c.failures)
+    fused = f"XCA fused {m.xca.in_artifact}/{m.xca.expected}" if m.xca.enabled else "XCA not fused"
+    if md := m.max_drop:  # measured on every calibration image: supersedes the quick check
+        verdict = (f"ok: drop {md.measured_drop:.2f} <= {md.max_drop:g} on {md.basis.split(' on ')[-1]} "
+                   f"({len(md.kept_nodes)} layers kept in float, {md.method})")
+    agree = (f"top-1 agreement {c['top1_agreement']:.3f}" if "top1_agreement" in c.metrics
              else f"NN agreement {c.get('nn_agreement', float('nan')):.3f}")
-    return [r.target, str(r.path), f"{size / 1e6:.2f} MB", fused, f"cosine {c['cosine_mean']:.6f}",
-            f"{agree} ({c['images']} images)", verdict]
+    return [r.target, str(r.path), f"{m.file_bytes / 1e6:.2f} MB", fused, f"cosine {c['cosine_mean']:.6f}",
+            f"{agree} ({c.images} images)", verdict]
 
 
 def _print_convert_summary(results) -> None:
@@ -388,8 +387,9 @@ def _validate_stage(stage: str, done: int, total: int) -> str:
 def validate(ctx, artifacts, source, reference, calibration, labels_file, max_images, weights, no_localize,
              report_dir, max_memory, trust_model, as_json):
     """Run ARTIFACTS (convert's output directories) against the source model; exit 1 if any misses its target."""
-    from xcit_edge.source import check_model_ref
-    from xcit_edge.validate import ValidateOptions, require_artifact
+    from xcit_edge.artifact.open import require_artifact
+    from xcit_edge.source.resolve import check_model_ref
+    from xcit_edge.validate import ValidateOptions
     from xcit_edge.validate import validate as run_validate
 
     opts = ValidateOptions(source=source, reference=reference, calibration=calibration, labels_file=labels_file,
@@ -458,7 +458,7 @@ def reference(ctx, model, calibration, out, labels_file, max_images, weights, si
               zone, project, batch_size, precision, replicas, max_memory, trust_model, as_json):
     """Run MODEL on the calibration images (CPU, GPUs or a Cloud TPU) and store its outputs for validate."""
     from xcit_edge.reference import ReferenceOptions, compute_reference
-    from xcit_edge.source import check_model_ref
+    from xcit_edge.source.resolve import check_model_ref
 
     check_model_ref(model, weights)
 

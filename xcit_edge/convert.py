@@ -20,20 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.artifact import LABELS_FILE, file_entries, library_versions, write_manifest
+from xcit_edge.artifact.manifest import LABELS_FILE, MANIFEST, Manifest, file_entries, library_versions, write_manifest
+from xcit_edge.artifact.smoke import smoke
 from xcit_edge.backends import backend
-from xcit_edge.calibration import CalibrationSet, load_calibration
+from xcit_edge.data.calibration import CalibrationSet, load_calibration
+from xcit_edge.data.preprocessing import Preprocessing
 from xcit_edge.errors import ConversionError, OutputError, UsageError, XcitEdgeError, first_line
-from xcit_edge.fsutil import atomic_dir, check_output_dir, output_lock, sha256_tree
 from xcit_edge.graph import PreparedGraph, prepare
-from xcit_edge.memory import check_model, image_budget, tree_bytes
 from xcit_edge.metrics import agreement, failures
 from xcit_edge.precision import DropCheck, convert_within_drop
-from xcit_edge.preprocessing import Preprocessing
+from xcit_edge.records import CalibrationRecord, CheckRecord, LabelsRecord, SourceInfo, XcaRecord
 from xcit_edge.reference import REFERENCE_FILE, ReferenceOptions, run_reference
-from xcit_edge.smoke import smoke
-from xcit_edge.source import resolve
+from xcit_edge.source.resolve import resolve
 from xcit_edge.targets import TargetSpec
+from xcit_edge.util.fs import atomic_dir, check_output_dir, output_lock, sha256_tree
+from xcit_edge.util.memory import check_model, image_budget, tree_bytes
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +80,18 @@ class ArtifactResult:
 
     target: str
     path: Path
-    manifest: dict
+    manifest: Manifest | None
     error: str | None = None
 
     def to_dict(self) -> dict:
-        if self.error:
+        """The `convert --json` entry (the manifest's main figures; the file has the rest)."""
+        m = self.manifest
+        if self.error or m is None:
             return {"target": self.target, "error": self.error}
-        return {"target": self.target, "path": str(self.path), "manifest": str(self.path / "manifest.json"),
-                "files": self.manifest["artifact"]["files"], "check": self.manifest["check"],
-                "kept_float": self.manifest["kept_float"], "seconds": self.manifest["conversion_seconds"],
-                "xca_fused": self.manifest["xca"]["in_artifact"], "max_drop": self.manifest.get("max_drop")}
+        return {"target": self.target, "path": str(self.path), "manifest": str(self.path / MANIFEST),
+                "files": [e.to_dict() for e in m.files], "check": m.check.to_dict(),
+                "kept_float": list(m.kept_float), "seconds": m.conversion_seconds,
+                "xca_fused": m.xca.in_artifact, "max_drop": m.max_drop.to_dict() if m.max_drop else None}
 
 
 def calibration_limit(targets: list[TargetSpec], opts: ConvertOptions) -> int:
@@ -116,15 +119,14 @@ def _calibration(graph: PreparedGraph, targets: list[TargetSpec], opts: ConvertO
 
 
 def _check(spec: TargetSpec, mod, workdir: Path, conv_files: list[str], inputs: np.ndarray,
-           ref: np.ndarray, labels: np.ndarray | None, kind: str) -> dict:
+           ref: np.ndarray, labels: np.ndarray | None, kind: str) -> CheckRecord:
     try:
         out = mod.run(mod.load(workdir / conv_files[0], spec), inputs)
     except Exception as e:  # runtimes refuse models with their own exception types (ORT: no RuntimeError)
         raise ArtifactCheckError(f"{spec.name}: the converted model does not run in {spec.backend}'s runtime "
                                  f"({first_line(e)})") from e
     res = agreement(out, ref, labels, kind=kind)
-    res["failures"] = failures(res, spec.tolerances)
-    return res
+    return CheckRecord.of(res, failures(res, spec.tolerances))
 
 
 def _run_with_defaults(spec: TargetSpec, path: Path) -> dict:
@@ -155,7 +157,7 @@ def _app_metadata(mod, workdir: Path, spec: TargetSpec, graph: PreparedGraph, op
 
 
 def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, calib_inputs: np.ndarray,
-                 ref: np.ndarray, source_info: dict, out: Path, opts: ConvertOptions,
+                 ref: np.ndarray, source_info: SourceInfo, out: Path, opts: ConvertOptions,
                  drop_check: DropCheck | None) -> ArtifactResult:
     mod = backend(spec.backend)
     dest = out / spec.name
@@ -187,44 +189,33 @@ def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, ca
             raise ConversionError(f"{spec.name}: {spec.backend} conversion failed "
                                   f"({type(e).__name__}: {first_line(e)})") from e
         xca = _xca_in_artifact(spec, graph, conv.details, opts)
-        if check["failures"] and not spec.quantized:
-            why = "; ".join(check["failures"])
+        if check.failures and not spec.quantized:
+            why = "; ".join(check.failures)
             raise ArtifactCheckError(f"{spec.name}: artifact does not match the source ({why})")
-        if check["failures"]:
+        if check.failures:
             log.warning("%s: quick check outside tolerance (%s); run `xcit-edge validate`",
-                        spec.name, "; ".join(check["failures"]))
-        manifest = {
-            "target": spec.to_dict(),
-            "source": source_info,
-            "libraries": library_versions(),
-            "io": graph.io_spec(),
-            "preprocessing": {**graph.preprocessing.to_dict(), "origin": graph.preprocessing_origin,
-                              "baked_into_model": graph.baked},
-            "labels": {"file": LABELS_FILE, "count": len(graph.labels)} if graph.labels else None,
-            "artifact": {"files": file_entries(tmp, conv.files + extra)},
-            "tflite_metadata": meta,
-            "conversion_seconds": round(seconds, 2),
-            "kept_float": conv.kept_float,
-            "max_drop": max_drop,
-            "rewrites": graph.rewrites,
-            "xca": xca,
-            "backend_details": conv.details,
-            "runtime_defaults": defaults,
-            "calibration": {"source": cal.source, "images": len(calib_inputs), "digest": cal.digest,
-                            "skipped": len(cal.skipped)} if spec.calibrated else None,
-            "check": check,
-        }
-        write_manifest(tmp, manifest)
+                        spec.name, "; ".join(check.failures))
+        manifest = Manifest(
+            target=spec.to_dict(), source=source_info, io=graph.io_spec(), preprocessing=graph.preprocessing,
+            preprocessing_origin=graph.preprocessing_origin, baked=graph.baked,
+            files=file_entries(tmp, conv.files + extra), check=check, xca=xca, kept_float=tuple(conv.kept_float),
+            conversion_seconds=round(seconds, 2), max_drop=max_drop,
+            labels=LabelsRecord(LABELS_FILE, len(graph.labels)) if graph.labels else None,
+            calibration=CalibrationRecord(cal.source, len(calib_inputs), cal.digest, len(cal.skipped))
+            if spec.calibrated else None,
+            libraries=library_versions(), rewrites=graph.rewrites, backend_details=conv.details,
+            runtime_defaults=defaults, app_metadata=meta)
+        manifest = write_manifest(tmp, manifest)
     return ArtifactResult(spec.name, dest, manifest)
 
 
-def _xca_in_artifact(spec: TargetSpec, graph: PreparedGraph, details: dict, opts: ConvertOptions) -> dict:
+def _xca_in_artifact(spec: TargetSpec, graph: PreparedGraph, details: dict, opts: ConvertOptions) -> XcaRecord:
     """The fused XCA blocks the artifact really contains (read back by the backend): every block
     fused in the graph must have survived conversion."""
     found = details.pop("xca_blocks", None)
-    info = {**graph.xca, "in_artifact": found, "form": details.pop("xca_form", "graph")}
-    if graph.xca["fused"] and found != graph.xca["fused"] and not opts.allow_partial_fusion:
-        raise ArtifactCheckError(f"{spec.name}: {found} fused XCA blocks in the artifact, {graph.xca['fused']} in "
+    info = replace(graph.xca, in_artifact=found, form=details.pop("xca_form", "graph"))
+    if graph.xca.fused and found != graph.xca.fused and not opts.allow_partial_fusion:
+        raise ArtifactCheckError(f"{spec.name}: {found} fused XCA blocks in the artifact, {graph.xca.fused} in "
                                  "the graph (pass --allow-partial-fusion to accept)")
     return info
 
@@ -279,9 +270,8 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
         ref = full[:CHECK_IMAGES]
     else:
         ref = graph.run(calib_inputs[:CHECK_IMAGES])
-    source_info = {"model": src.ref, "kind": src.kind, "path": str(src.path), "sha256": sha256_tree(src.path),
-                   "arch": graph.arch, "arch_origin": graph.arch_origin, "signature": graph.signature_key,
-                   "output_key": graph.output_key}
+    source_info = SourceInfo(src.ref, src.kind, str(src.path), sha256_tree(src.path), graph.arch, graph.arch_origin,
+                             graph.signature_key, graph.output_key)
     results = []
     for i, spec in enumerate(targets):
         if progress:
@@ -291,7 +281,7 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
             results.append(_convert_one(spec, graph, cal, calib_inputs, ref, source_info, out, opts, drop_check))
         except ConversionError as e:  # this target failed; the others may not
             log.error("%s", e)
-            results.append(ArtifactResult(spec.name, out / spec.name, {}, error=str(e)))
+            results.append(ArtifactResult(spec.name, out / spec.name, None, error=str(e)))
     if progress:
         progress("target", len(targets), len(targets))
     if placement is not None:

@@ -15,12 +15,12 @@ import logging
 
 import numpy as np
 
-from xcit_edge.calibration import CalibrationSet
+from xcit_edge.data.calibration import CalibrationSet
+from xcit_edge.data.preprocessing import Preprocessing
 from xcit_edge.graph.run import run_graph
 from xcit_edge.graph.shapefold import topological
 from xcit_edge.graph.xca_names import block_exits
 from xcit_edge.metrics import cosine
-from xcit_edge.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,9 @@ def localize(source_path, art, cal: CalibrationSet, pre: Preprocessing, images: 
     """Compare the artifact's fused blocks with the source's on the first `images` calibration images."""
     from xcit_edge.graph import prepare
 
-    m = art.manifest["source"]
+    m = art.manifest.source
     try:
-        graph = prepare(source_path, signature=m.get("signature"), output_key=m.get("output_key"), preprocessing=pre,
+        graph = prepare(source_path, signature=m.signature or None, output_key=m.output_key or None, preprocessing=pre,
                         allow_unknown=True, fuse=True, allow_partial_fusion=True, trust_model=trust_model)
     except Exception as e:  # noqa: BLE001 - localization is a diagnosis: its failure must not hide the verdict
         log.warning("localization skipped: %s", e)

@@ -28,6 +28,7 @@ import numpy as np
 
 from xcit_edge.backends import Conversion
 from xcit_edge.errors import ConversionError
+from xcit_edge.records import MaxDropRecord
 from xcit_edge.targets import TargetSpec
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def _with_float(spec: TargetSpec, names: list[str]) -> TargetSpec:
 
 def _group_count(graph) -> int:
     """About one group per block: the XCA blocks fused in the graph and the two class-attention blocks."""
-    fused = int((getattr(graph, "xca", None) or {}).get("fused") or 0)
+    fused = graph.xca.fused
     return fused + 2 if fused else GROUPS
 
 
@@ -112,7 +113,7 @@ def _relaxable(mod: ModuleType, graph, spec: TargetSpec) -> list[str]:
 
 
 def convert_within_drop(mod: ModuleType, spec: TargetSpec, graph, calib: np.ndarray, workdir: Path,
-                        max_drop: float, check: DropCheck) -> tuple[Conversion, TargetSpec, dict]:
+                        max_drop: float, check: DropCheck) -> tuple[Conversion, TargetSpec, MaxDropRecord]:
     """Convert, measure, relax until the drop is at most `max_drop` points.
 
     Returns the conversion, the spec it was made with (`keep_nodes` added) and the record for
@@ -132,8 +133,8 @@ def convert_within_drop(mod: ModuleType, spec: TargetSpec, graph, calib: np.ndar
         method = "greedy over layer groups by measured drop"
         relaxed, spec, drop = _greedy(mod, spec, graph, calib, workdir, max_drop, check, steps, layers)
         conv = relaxed or conv
-    record = {"max_drop": max_drop, "measured_drop": round(drop, 3), "basis": check.basis, "held": drop <= max_drop,
-              "method": method, "kept_nodes": list(spec.quantization.get("keep_nodes", [])), "steps": steps}
+    record = MaxDropRecord(max_drop, round(drop, 3), check.basis, drop <= max_drop, method,
+                           tuple(spec.quantization.get("keep_nodes", [])), tuple(steps))
     if drop > max_drop:
         best = min(steps, key=lambda st: st["drop"])
         raise ConversionError(f"{spec.name}: {check.basis} is {drop:.2f} points, above --max-drop {max_drop:g}, "

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from xcit_edge import __version__
-from xcit_edge.calibration import CalibrationSet, load_calibration
+from xcit_edge.data.calibration import CalibrationSet, load_calibration
+from xcit_edge.data.preprocessing import Preprocessing
 from xcit_edge.errors import UsageError, first_line
-from xcit_edge.fsutil import atomic_file, sha256_tree
-from xcit_edge.memory import REFERENCE_IMAGE_FACTOR, check_model, image_budget, tree_bytes
-from xcit_edge.preprocessing import Preprocessing
+from xcit_edge.util.fs import atomic_file, sha256_tree
+from xcit_edge.util.memory import REFERENCE_IMAGE_FACTOR, check_model, image_budget, tree_bytes
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def compute_reference(model: str, data: str, *, labels_file: Path | None = None,
     own serving function under the device's strategy (`distribute.py`), keep the outputs in input order."""
     from xcit_edge.distribute import make_placement, set_precision
     from xcit_edge.graph import prepare
-    from xcit_edge.source import resolve
+    from xcit_edge.source.resolve import resolve
 
     opts = options or ReferenceOptions()
     set_precision(opts.precision)  # before anything is traced

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.fsutil import atomic_file
+from xcit_edge.util.fs import atomic_file
 
 log = logging.getLogger(__name__)
 

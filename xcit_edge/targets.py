@@ -14,8 +14,8 @@ from pathlib import Path
 
 from xcit_edge import backends
 from xcit_edge.backends.base import QuantMode
+from xcit_edge.data.resources import data_dir
 from xcit_edge.errors import SpecError, UsageError, did_you_mean
-from xcit_edge.resources import data_dir
 
 TOLERANCE_KEYS = ("min_cosine", "min_top1_agreement", "max_top1_drop", "min_nn_agreement")
 

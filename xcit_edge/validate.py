@@ -19,21 +19,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
-from xcit_edge.artifact import LABELS_FILE, read_manifest
-from xcit_edge.backends import backend
-from xcit_edge.calibration import CalibrationSet, load_calibration
+from xcit_edge.artifact.manifest import LABELS_FILE
+from xcit_edge.artifact.open import OpenArtifact, artifact_paths, open_artifact
+from xcit_edge.data.calibration import CalibrationSet, load_calibration
+from xcit_edge.data.preprocessing import Preprocessing
 from xcit_edge.errors import UsageError, first_line
-from xcit_edge.fsutil import sha256_file, sha256_tree
-from xcit_edge.memory import check_model, image_budget, tree_bytes
 from xcit_edge.metrics import agreement, cosine, failures, kl_divergence
-from xcit_edge.preprocessing import Preprocessing, to_layout
-from xcit_edge.reference import REFERENCE_FILE, Reference, load_reference, run_reference
-from xcit_edge.smoke import smoke
-from xcit_edge.targets import TargetSpec, all_targets
+from xcit_edge.reference import Reference, load_reference, run_reference
+from xcit_edge.targets import TargetSpec
+from xcit_edge.util.fs import sha256_tree
+from xcit_edge.util.memory import check_model, image_budget, tree_bytes
 
 log = logging.getLogger(__name__)
 
@@ -56,41 +54,6 @@ class ValidateOptions:
     localize: bool = True
     trust_model: bool = False  # run a source whose graph reaches outside it (safety.check_ops)
     max_memory: int | None = None  # bytes the run may use (memory.check_fits); None: what is available
-
-
-@dataclass
-class OpenArtifact:
-    """An artifact directory whose files match its manifest, loaded in its runtime."""
-
-    path: Path
-    manifest: dict
-    spec: TargetSpec
-    module: ModuleType
-    session: object = None
-    broken: str | None = None  # why its runtime with default options cannot run it (a child process found out)
-
-    def load(self, threads: int | None = None):
-        """A runtime session of the artifact (threads: the runtime's thread count, None for its default);
-        a model the runtime refuses is bad input (one line, exit 2)."""
-        try:
-            return self.module.load(self.path / self.spec.file, self.spec, threads)
-        except Exception as e:  # each runtime has its own exception types for a model it refuses
-            raise UsageError(f"{self.path}: {self.spec.backend} cannot load {self.spec.file} ({first_line(e)})") from e
-
-    @property
-    def file_bytes(self) -> int:
-        """What the artifact's files weigh (the manifest's sizes: open_artifact checked them by hash)."""
-        return sum(e["bytes"] for e in self.manifest["artifact"]["files"])
-
-    @property
-    def kind(self) -> str:
-        return self.manifest["io"]["output"].get("kind", "logits")
-
-    def inputs(self, cal: CalibrationSet, pre: Preprocessing) -> np.ndarray:
-        """The calibration images in this artifact's input contract (baked uint8, or float NHWC/NCHW)."""
-        baked = bool(self.manifest["preprocessing"].get("baked_into_model"))
-        x = cal.model_ready(pre, baked)
-        return x if baked else to_layout(x, self.manifest["io"]["input"].get("layout", "NHWC"))
 
 
 @dataclass
@@ -136,74 +99,6 @@ class Validation:
                 "calibration": self.calibration, "artifacts": [a.to_dict() for a in self.artifacts]}
 
 
-def shipped_spec(manifest: dict, where: Path) -> TargetSpec:
-    """The shipped spec of the manifest's target: tolerances come from the package, never from the
-    (untrusted, editable) manifest."""
-    target = manifest.get("target")
-    name = target.get("name") if isinstance(target, dict) else None
-    known = all_targets()
-    if name not in known:
-        raise UsageError(f"{where}: manifest names an unknown target {name!r} (known: {', '.join(known)})")
-    return known[name]
-
-
-def _check_files(where: Path, manifest: dict) -> None:
-    entries = manifest["artifact"]["files"]  # types checked by read_manifest
-    if not entries:
-        raise UsageError(f"{where}: manifest lists no files")
-    for e in entries:
-        name = e["file"]
-        if not name or Path(name).name != name or name in (".", ".."):
-            raise UsageError(f"{where}: manifest lists a file outside the artifact ({name!r})")
-        if not (where / name).is_file():
-            raise UsageError(f"{where}: {name} is missing")
-        if sha256_file(where / name) != e.get("sha256"):
-            raise UsageError(f"{where}: {name} does not match its manifest (sha256 differs): corrupt or modified")
-
-
-def artifact_paths(paths: list[Path], command: str) -> list[Path]:
-    """The artifact directories among PATHS: `OUT/*` after `convert --reference-device` names the
-    reference file too, which is skipped with a warning. None left is bad input."""
-    refs = [p for p in paths if Path(p).is_file() and Path(p).name == REFERENCE_FILE]
-    for p in refs:
-        log.warning("%s is a reference file, not an artifact: skipped", p)
-    paths = [p for p in paths if p not in refs]
-    if not paths:
-        raise UsageError(f"no artifacts to {command}")
-    return paths
-
-
-def require_artifact(path: Path) -> None:
-    """Refuse a path that is not there (UsageError); cheap and TensorFlow-free, so the CLI calls it first."""
-    if not Path(path).exists():
-        raise UsageError(f"artifact not found: {path}")
-
-
-def open_artifact(path: Path, threads: int | None = None, load: bool = True, run_check: bool = True) -> OpenArtifact:
-    """Open an artifact directory (or its model file): manifest, file hashes, (`run_check`) one run with its
-    runtime's defaults in a child process, then (`load`) its runtime (threads: the runtime's thread count,
-    None for its default). A file the runtime refuses there is bad input (UsageError, exit 2, as when `load`
-    refuses it); one on which it dies (a signal, a hang) is returned with `broken` set, not loaded."""
-    path = Path(path)
-    require_artifact(path)
-    where = path if path.is_dir() else path.parent
-    manifest = read_manifest(where)
-    spec = shipped_spec(manifest, where)
-    _check_files(where, manifest)
-    art = OpenArtifact(where, manifest, spec, backend(spec.backend))
-    # first in a child process with the runtime's defaults, as an app loads it: a runtime that aborts natively
-    # on a file (LiteRT's double free) would otherwise take this whole process with it
-    res = smoke(spec.backend, where / spec.file) if run_check else None
-    if res is not None and not res.ok and not res.died:  # the runtime refused the file: bad input, as in load()
-        raise UsageError(f"{where}: {spec.backend} cannot load {spec.file} with its default options ({res.why})")
-    if res is not None and not res.ok:  # it took the child process with it: this artifact's verdict
-        art.broken = res.why
-        log.error("%s: %s's runtime with default options cannot run it (%s)", where, spec.backend, res.why)
-    elif load:
-        art.session = art.load(threads)
-    return art
-
-
 def _class_names(art: OpenArtifact) -> list[str] | None:
     path = art.path / LABELS_FILE
     if not path.is_file() or path.stat().st_size > MAX_LABELS_BYTES:
@@ -214,26 +109,24 @@ def _class_names(art: OpenArtifact) -> list[str] | None:
 def _common(arts: list[OpenArtifact]) -> tuple[str, Preprocessing]:
     """The source hash and preprocessing every artifact shares (one reference serves them all)."""
     first = arts[0].manifest
-    pre = {k: v for k, v in first["preprocessing"].items() if k not in ("origin", "baked_into_model")}
     for a in arts[1:]:
-        other = {k: v for k, v in a.manifest["preprocessing"].items() if k not in ("origin", "baked_into_model")}
-        if a.manifest["source"].get("sha256") != first["source"].get("sha256") or other != pre:
+        if a.manifest.source.sha256 != first.source.sha256 or a.manifest.preprocessing != first.preprocessing:
             raise UsageError(f"{a.path} and {arts[0].path} come from different models or preprocessing; "
                              "validate them separately")
-    return str(first["source"].get("sha256", "")), Preprocessing.from_dict(pre)
+    return first.source.sha256, first.preprocessing
 
 
 def _reference_from_source(opts: ValidateOptions, arts: list[OpenArtifact], pre: Preprocessing, sha: str,
                            cal_loader, progress: Progress | None) -> tuple[Reference, CalibrationSet, object]:
     from xcit_edge.distribute import make_placement
     from xcit_edge.graph import prepare
-    from xcit_edge.source import resolve
+    from xcit_edge.source.resolve import resolve
 
     src = resolve(opts.source, weights=opts.weights)
     model_bytes = tree_bytes(src.path)
     check_model(model_bytes, opts.max_memory)  # before the source is loaded
-    m = arts[0].manifest["source"]
-    graph = prepare(src.path, signature=m.get("signature"), output_key=m.get("output_key"), preprocessing=pre,
+    m = arts[0].manifest.source
+    graph = prepare(src.path, signature=m.signature or None, output_key=m.output_key or None, preprocessing=pre,
                     allow_unknown=True, fuse=False, trust_model=opts.trust_model)
     src_sha = sha256_tree(src.path)
     if src_sha != sha:
@@ -319,7 +212,7 @@ def validate_one(art: OpenArtifact, x: np.ndarray, ref: Reference, labels: np.nd
     if art.broken:
         return ArtifactValidation(art.spec.name, art.path, art.spec, {},
                                   [f"does not run with {art.spec.backend}'s default options: {art.broken}"], {}, None)
-    want = art.manifest["io"]["output"].get("shape", [])
+    want = art.manifest.io.output.shape
     if want and want[-1] not in (-1, ref.outputs.shape[-1]):
         raise UsageError(f"{art.path}: outputs {want[-1]} values per image, the reference {ref.outputs.shape[-1]}: "
                          "not the model this artifact came from")

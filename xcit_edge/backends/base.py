@@ -99,7 +99,7 @@ class Backend(Protocol):
 
     def run_defaults(self, path: Path) -> dict:
         """Load `path` with the runtime's default options, as an app would, and run it once on zeros; returns
-        what the runtime reported about the model (runs in a child process: `xcit_edge.smoke`)."""
+        what the runtime reported about the model (runs in a child process: `xcit_edge.artifact.smoke`)."""
 
     def quantized_layers(self, graph: Any, spec: Any) -> list[str]:
         """The layers `spec` quantizes, in graph order, that could be kept in float (empty: no selection)."""

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from xcit_edge.data.preprocessing import LAYOUTS, Preprocessing, layout_perm, to_layout
 from xcit_edge.errors import ConversionError, UsageError, first_line
 from xcit_edge.graph.canonicalize import canonicalize_gelu
 from xcit_edge.graph.shapefold import fold_shape_math
 from xcit_edge.graph.structure import input_layout, structure_of
 from xcit_edge.graph.xca import FusionReport, count_structural, fuse_xca
-from xcit_edge.inspection import read_saved_model_proto
-from xcit_edge.preprocessing import LAYOUTS, Preprocessing, layout_perm, to_layout
-from xcit_edge.savedmodel import preprocessing_of, read_metadata
+from xcit_edge.model.savedmodel import preprocessing_of, read_metadata
+from xcit_edge.records import IOContract, TensorInfo, XcaRecord
+from xcit_edge.source.inspect import read_saved_model_proto
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class PreparedGraph:
     output_key: str
     signature_input: str = "input"  # the source signature's input argument name
     rewrites: dict[str, int] = field(default_factory=dict)
-    xca: dict = field(default_factory=dict)  # XCA fusion: expected / found / fused / skipped
+    xca: XcaRecord = field(default_factory=lambda: XcaRecord(enabled=False, expected=0))  # the XCA fusion
     factory: object = None  # batch -> frozen ConcreteFunction with that fixed batch size
     cache: dict = field(default_factory=dict)  # per-graph results backends share (e.g. the fp32 ONNX)
 
@@ -66,14 +67,13 @@ class PreparedGraph:
             return self.fn
         return self.factory(batch)
 
-    def io_spec(self) -> dict:
-        return {
-            "input": {"name": "input", "dtype": self.input_dtype, "shape": _json_shape(self.input_shape),
-                      "layout": "NHWC" if self.baked else self.layout,
-                      "layout_origin": "baked: uint8 RGB NHWC" if self.baked else self.layout_origin},
-            "output": {"name": "output", "dtype": "float32", "shape": _json_shape(self.output_shape),
-                       "kind": "features" if self.features else "logits"},
-        }
+    def io_spec(self) -> IOContract:
+        """The artifact's input/output contract (what the manifest records and `validate` feeds)."""
+        layout = ("NHWC", "baked: uint8 RGB NHWC") if self.baked else (self.layout, self.layout_origin)
+        return IOContract(
+            TensorInfo("input", self.input_dtype, tuple(_json_shape(self.input_shape)), *layout),
+            TensorInfo("output", "float32", tuple(_json_shape(self.output_shape)),
+                       kind="features" if self.features else "logits"))
 
     def model_input(self, images: np.ndarray) -> np.ndarray:
         """Turn calibration images (preprocessed float NHWC, or uint8 NHWC when baked) into this input."""
@@ -95,8 +95,8 @@ def _json_shape(shape) -> list[int]:
 
 
 def _load(path: Path, trust_model: bool = False):
-    from xcit_edge.safety import check_ops
-    from xcit_edge.tfimport import exact_tensorflow
+    from xcit_edge.source.safety import check_ops
+    from xcit_edge.util.tfimport import exact_tensorflow
 
     tf = exact_tensorflow()  # this graph's TF runs are the reference: no inexact grappler fusions
 
@@ -180,7 +180,7 @@ def _identify(path: Path, meta: dict | None, img_size: int, out_dim: int | None,
 
 
 def _labels(meta: dict | None, out_dim: int | None, features: bool) -> list[str] | None:
-    from xcit_edge.calibration import imagenet_labels
+    from xcit_edge.data.calibration import imagenet_labels
 
     if features:
         return None
@@ -247,7 +247,7 @@ def _layout(graph_def, input_tensor: str, shape: list[int | None], by_shape: str
 
 def _expected_xca(meta: dict | None, arch: str | None, found: int) -> tuple[int, str]:
     """How many XCA blocks the model has: its recorded or known depth, else what the graph shows."""
-    from xcit_edge.zoo import get_config
+    from xcit_edge.model.zoo import get_config
 
     cfg = (meta or {}).get("config")
     depth = cfg.get("depth") if isinstance(cfg, dict) else None
@@ -276,11 +276,11 @@ def _fusion(path: Path, gd, frozen, out_tensor: str, in_shape, meta: dict | None
     return gd, info
 
 
-def _fusion_info(report: FusionReport | None, expected: tuple[int, str]) -> dict:
+def _fusion_info(report: FusionReport | None, expected: tuple[int, str]) -> XcaRecord:
     if report is None:
-        return {"enabled": False, "expected": expected[0], "fused": 0}
-    return {"enabled": True, "expected": expected[0], "expected_from": expected[1], "found": report.found,
-            "fused": report.fused, "skipped": report.skipped, "max_rel_err": report.max_rel_err}
+        return XcaRecord(enabled=False, expected=expected[0])
+    return XcaRecord(enabled=True, expected=expected[0], fused=report.fused, expected_from=expected[1],
+                     found=report.found, skipped=dict(report.skipped), max_rel_err=report.max_rel_err)
 
 
 def prepare(path: Path, *, signature: str | None = None, output_key: str | None = None,
@@ -335,7 +335,7 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
         preprocessing_origin=pre_origin, baked=bake_preprocessing, arch=arch, arch_origin=arch_origin,
         features=features, labels=_labels(meta, out_dim, features), source=path, signature_key=key,
         output_key=out_key, signature_input=in_name,
-        rewrites={"shape_math_folded": folds.folded, "gelu_canonicalized": n_gelu, "xca_fused": xca["fused"]},
+        rewrites={"shape_math_folded": folds.folded, "gelu_canonicalized": n_gelu, "xca_fused": xca.fused},
         xca=xca,
         factory=factory,
     )

@@ -19,7 +19,7 @@ def run_graph_inputs(graph_def, input_tensor: str, xs: list[np.ndarray], fetches
                      batch: int | None = None) -> list[list[np.ndarray]]:
     """`run_graph` for each input of `xs`, the graph imported once (importing a 24-block graph costs
     about a second, more than running it on a small input)."""
-    from xcit_edge.tfimport import exact_tensorflow
+    from xcit_edge.util.tfimport import exact_tensorflow
 
     tf = exact_tensorflow()
 

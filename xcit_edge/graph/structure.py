@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from xcit_edge.zoo import FAMILIES, FIXTURE, PATCH_SIZES
+from xcit_edge.model.zoo import FAMILIES, FIXTURE, PATCH_SIZES
 
 CLASS_ATTENTION_BLOCKS = 2
 _FLOAT_DTYPES = (1, 2, 14, 19)  # DT_FLOAT, DT_DOUBLE, DT_BFLOAT16, DT_HALF

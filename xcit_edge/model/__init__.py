@@ -1,5 +1,6 @@
-"""XCiT in Keras 3 (TensorFlow backend) and the checkpoint key mapping."""
+"""The model: the architecture table (`zoo`), XCiT in Keras 3 (`xcit`), checkpoint reading (`checkpoint`) and
+the timm key map (`weights`), SavedModel export (`savedmodel`) and the `build` command (`build`).
 
-from xcit_edge.model.xcit import XCiT, build_model
-
-__all__ = ["XCiT", "build_model"]
+Nothing is imported here: `zoo` is read before TensorFlow loads (the CLI checks names first), and `xcit`
+imports Keras.
+"""

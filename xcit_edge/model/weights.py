@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.checkpoint import read_checkpoint
 from xcit_edge.errors import UsageError
+from xcit_edge.model.checkpoint import read_checkpoint
 from xcit_edge.model.xcit import XCiT
 
 log = logging.getLogger(__name__)

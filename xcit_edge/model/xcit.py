@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from xcit_edge.zoo import XCiTConfig
+from xcit_edge.model.zoo import XCiTConfig
 
 LN_EPS = 1e-6
 BN_EPS = 1e-5

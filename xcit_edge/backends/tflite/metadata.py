@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xcit_edge.artifact import LABELS_FILE
+from xcit_edge.artifact.manifest import LABELS_FILE
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from xcit_edge.zoo import IMAGENET_MEAN, IMAGENET_STD
+from xcit_edge.model.zoo import IMAGENET_MEAN, IMAGENET_STD
 
 # What each axis of a model's image input holds. NWHC is the TF Hub collection's recipe: an NHWC-looking
 # input that the model reads transposed (`model(torch.transpose(x, 1, 3))`), so rows are image columns.

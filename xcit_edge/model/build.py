@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from xcit_edge.data.synthetic import CLASSES
 from xcit_edge.errors import UsageError
-from xcit_edge.fsutil import check_output_dir, sha256_file
-from xcit_edge.synthetic import CLASSES
-from xcit_edge.zoo import FIXTURE, XCiTConfig, get_config
+from xcit_edge.model.zoo import FIXTURE, XCiTConfig, get_config
+from xcit_edge.util.fs import check_output_dir, sha256_file
 
 
 @dataclass
@@ -43,8 +43,8 @@ def build(arch: str, out: Path, weights: Path | None = None, seed: int = 0, feat
 
     `labels` are recorded class names; the trained fixture gets its synthetic class names.
     """
+    from xcit_edge.model.savedmodel import export_saved_model, model_metadata
     from xcit_edge.model.xcit import count_params
-    from xcit_edge.savedmodel import export_saved_model, model_metadata
 
     out = Path(out)
     check_output_dir(out, force)  # fail fast, before minutes of model building

@@ -4,7 +4,7 @@ An app loads a model with its runtime's *default* options: LiteRT's `Interpreter
 (which applies the XNNPACK delegate), an ONNX Runtime session with default options, OpenVINO's
 `compile_model(path, "CPU")`. Some failures are not exceptions: LiteRT aborted with
 `free(): double free detected in tcache 2` on an int8 model XNNPACK refused (seen on an AVX2-only
-x86 CPU). So the run happens in a child (`python -m xcit_edge.smoke BACKEND PATH`): the backend's
+x86 CPU). So the run happens in a child (`python -m xcit_edge.artifact.smoke BACKEND PATH`): the backend's
 `run_defaults`, one inference on a zero input of the artifact's own input contract, and its exit status,
 signal or last error line is what the parent reports. `convert` fails a target whose artifact does not pass.
 
@@ -35,7 +35,7 @@ class SmokeResult:
 
 def smoke(backend: str, path: Path, timeout: float = TIMEOUT_S) -> SmokeResult:
     """Load `path` with `backend`'s runtime defaults and run it once, in a child process."""
-    cmd = [sys.executable, "-m", "xcit_edge.smoke", backend, str(path)]
+    cmd = [sys.executable, "-m", "xcit_edge.artifact.smoke", backend, str(path)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:

@@ -17,10 +17,10 @@ import uuid
 from pathlib import Path
 
 from xcit_edge import __version__
+from xcit_edge.data.preprocessing import Preprocessing, timm_default
 from xcit_edge.errors import UsageError
-from xcit_edge.fsutil import atomic_dir, output_lock, read_json_document
-from xcit_edge.preprocessing import Preprocessing, timm_default
-from xcit_edge.zoo import XCiTConfig
+from xcit_edge.model.zoo import XCiTConfig
+from xcit_edge.util.fs import atomic_dir, output_lock, read_json_document
 
 log = logging.getLogger(__name__)
 

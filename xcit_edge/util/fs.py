@@ -19,8 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from xcit_edge import interrupt
 from xcit_edge.errors import UsageError
+from xcit_edge.util import interrupt
 
 log = logging.getLogger(__name__)
 

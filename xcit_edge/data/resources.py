@@ -12,7 +12,7 @@ from pathlib import Path
 
 from xcit_edge.errors import SpecError
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]  # xcit_edge/data/resources.py -> the checkout
 
 
 def data_dir(kind: str) -> Path:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xcit_edge.errors import UsageError
-from xcit_edge.savedmodel import preprocessing_of, read_metadata
-from xcit_edge.zoo import get_config, param_count
+from xcit_edge.model.savedmodel import preprocessing_of, read_metadata
+from xcit_edge.model.zoo import get_config, param_count
 
 MAX_PB_BYTES = 2 << 30  # protobuf's own limit
 

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xcit_edge.data.preprocessing import Preprocessing
+from xcit_edge.data.resources import data_dir
 from xcit_edge.errors import UsageError, first_line
-from xcit_edge.preprocessing import Preprocessing
-from xcit_edge.resources import data_dir
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from xcit_edge import interrupt
 from xcit_edge.errors import UsageError
-from xcit_edge.fsutil import output_lock, sha256_file
-from xcit_edge.safety import safe_extract
-from xcit_edge.zoo import get_config
+from xcit_edge.model.zoo import get_config
+from xcit_edge.source.safety import safe_extract
+from xcit_edge.util import interrupt
+from xcit_edge.util.fs import output_lock, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def extract_archive(archive: Path) -> ModelSource:
 
 def build_cached(arch: str, weights: Path | None, seed: int, features: bool) -> ModelSource:
     """An architecture name (+ weights) as a SavedModel, built once per (arch, weights, seed)."""
-    from xcit_edge.build import build
+    from xcit_edge.model.build import build
 
     cfg = get_config(arch, features=True if features else None)
     wkey = sha256_file(weights)[:16] if weights else f"seed{seed}"

@@ -1,0 +1,1 @@
+"""Test support code: the independent references (seeded timm models) the tests and benchmarks compare with."""
