@@ -397,7 +397,8 @@ def test_convert_help_lists_every_target():
 
 def test_progress_off_a_terminal_is_one_line_per_step(capsys):
     """CI logs and `2>log` get a line per step (validate was minutes of silence), not one per image."""
-    from xcit_edge.cli import _Bars, _convert_stage
+    from xcit_edge.cli.convert import _convert_stage
+    from xcit_edge.cli.progress import Bars as _Bars
 
     bars = _Bars(quiet=False, describe=_convert_stage(["onnx", "openvino"]), tty=False)
     with bars.bar:
@@ -413,18 +414,22 @@ def test_progress_off_a_terminal_is_one_line_per_step(capsys):
 
 
 def test_convert_summary_columns_line_up(capsys):
-    from xcit_edge.cli import _print_convert_summary
+    from types import SimpleNamespace
+
+    from xcit_edge.cli.convert import _print_convert_summary
     from xcit_edge.convert import ArtifactResult
 
+    from xcit_edge.records import CheckRecord, XcaRecord
+
     def result(target: str, path: str, blocks: int, mb: float) -> ArtifactResult:
-        check = {"failures": [], "cosine_mean": 0.99991, "top1_agreement": 1.0, "images": 16}
-        manifest = {"check": check, "artifact": {"files": [{"bytes": int(mb * 1e6)}]},
-                    "xca": {"enabled": True, "in_artifact": blocks, "expected": blocks}}
+        check = CheckRecord(16, (), {"cosine_mean": 0.99991, "top1_agreement": 1.0})
+        xca = XcaRecord(enabled=True, expected=blocks, fused=blocks, in_artifact=blocks)
+        manifest = SimpleNamespace(check=check, xca=xca, max_drop=None, file_bytes=int(mb * 1e6))
         return ArtifactResult(target, Path(path), manifest)
 
     _print_convert_summary([result("onnx", "o/onnx", 4, 1.5),
                             result("tflite-16x8-full", "o/tflite-16x8-full", 12, 12.25),
-                            ArtifactResult("openvino", Path("o/openvino"), {}, error="openvino: conversion failed")])
+                            ArtifactResult("openvino", Path("o/openvino"), None, error="openvino: conversion failed")])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and lines[2].startswith("openvino          ") and lines[2].endswith("conversion failed")
     for column in ("MB", "XCA fused", "cosine", "top-1 agreement", "ok"):
