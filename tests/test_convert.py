@@ -418,7 +418,6 @@ def test_convert_summary_columns_line_up(capsys):
 
     from xcit_edge.cli.convert import _print_convert_summary
     from xcit_edge.convert import ArtifactResult
-
     from xcit_edge.records import CheckRecord, XcaRecord
 
     def result(target: str, path: str, blocks: int, mb: float) -> ArtifactResult:
