@@ -13,6 +13,7 @@ from conftest import one_line_error, run
 from xcit_edge.errors import ConversionError
 from xcit_edge.graph.xca import fuse_xca, reference_xca
 from xcit_edge.graph.xca_names import count_blocks
+from xcit_edge.records import XcaRecord
 
 tf = pytest.importorskip("tensorflow")
 
@@ -180,7 +181,7 @@ def test_partial_fusion_is_refused_unless_allowed(tmp_path):
         prepare(sm, allow_unknown=True)
     graph = prepare(sm, allow_unknown=True, allow_partial_fusion=True)
     assert (graph.xca.expected, graph.xca.fused) == (2, 1)
-    assert prepare(sm, allow_unknown=True, fuse=False).xca == {"enabled": False, "expected": 2, "fused": 0}
+    assert prepare(sm, allow_unknown=True, fuse=False).xca == XcaRecord(enabled=False, expected=2)
     res = run("convert", sm, "--allow-unknown-model", "--target", "onnx", "--out", tmp_path / "o")
     assert "--allow-partial-fusion" in one_line_error(res, code=1)
     assert not (tmp_path / "o").exists()

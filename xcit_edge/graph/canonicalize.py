@@ -25,16 +25,14 @@ import math
 
 import numpy as np
 
+from xcit_edge.graph.index import GraphIndex, base_name
+
 log = logging.getLogger(__name__)
 
 _ELEMENTWISE = {"Mul", "AddV2", "Add", "Sub", "RealDiv", "Neg", "Erf", "Erfc"}
 _POINTS = np.linspace(-4.0, 4.0, 33)
 _ERF = np.vectorize(math.erf)
 _GELU = 0.5 * _POINTS * (1.0 + _ERF(_POINTS / math.sqrt(2.0)))
-
-
-def _base(name: str) -> str:
-    return name.lstrip("^").split(":")[0]
 
 
 def _scalar(node) -> float | None:
@@ -47,28 +45,8 @@ def _scalar(node) -> float | None:
     return float(value.reshape(-1)[0]) if value.size == 1 and value.dtype.kind == "f" else None
 
 
-class _Graph:
-    def __init__(self, graph_def):
-        self.nodes = {n.name: n for n in graph_def.node}
-        self.consumers: dict[str, list] = {}
-        for n in graph_def.node:
-            for i in n.input:
-                self.consumers.setdefault(_base(i), []).append(n)
-
-    def through_identities(self, node):
-        """The node an Identity chain reads (inlined function inputs are Identity(Const))."""
-        for _ in range(8):
-            if node is None or node.op not in ("Identity", "Snapshot"):
-                break
-            node = self.nodes.get(_base(node.input[0]))
-        return node
-
-    def const_array(self, name: str) -> np.ndarray | None:
-        """The value of the Const that tensor `name` is, through Identity chains; None if it is none."""
-        from tensorflow.python.framework import tensor_util
-
-        node = self.through_identities(self.nodes.get(_base(name)))
-        return None if node is None or node.op != "Const" else tensor_util.MakeNdarray(node.attr["value"].tensor)
+class _Graph(GraphIndex):
+    """The graph index with what GELU detection adds: scalar constants, walking up to x, evaluation."""
 
     def scalar(self, node) -> float | None:
         """`_scalar` through Identity chains."""
@@ -76,15 +54,15 @@ class _Graph:
 
     def input_of(self, erf) -> str | None:
         """Walk up from an Erf/Erfc through scalar Mul/RealDiv/Neg to the tensor x."""
-        cur = self.nodes.get(_base(erf.input[0]))
+        cur = self.nodes.get(base_name(erf.input[0]))
         for _ in range(3):
             if cur is None:
                 return None
             if cur.op == "Neg":
-                cur = self.nodes.get(_base(cur.input[0]))
+                cur = self.nodes.get(base_name(cur.input[0]))
                 continue
             if cur.op in ("Mul", "RealDiv"):
-                a, b = (self.nodes.get(_base(i)) for i in cur.input)
+                a, b = (self.nodes.get(base_name(i)) for i in cur.input)
                 if self.scalar(b) is not None:
                     cur = a
                     continue
@@ -116,16 +94,16 @@ class _Graph:
         if node is not None and (c := self.scalar(node)) is not None:
             result = np.float64(c), None
         elif node is not None and node.op in ("Identity", "Snapshot") and depth < 12:
-            result = self.evaluate(_base(node.input[0]), x, memo, depth + 1)
+            result = self.evaluate(base_name(node.input[0]), x, memo, depth + 1)
         elif node is not None and node.op == "Transpose" and depth < 12 and (perm := self.perm(node)):
-            inner = self.evaluate(_base(node.input[0]), x, memo, depth + 1)
+            inner = self.evaluate(base_name(node.input[0]), x, memo, depth + 1)
             if inner is not None and np.ndim(inner[0]):
                 axes = inner[1] or tuple(range(len(perm)))
                 if len(axes) == len(perm):
                     composed = tuple(axes[p] for p in perm)
                     result = inner[0], (None if composed == tuple(range(len(perm))) else composed)
         elif node is not None and node.op in _ELEMENTWISE and depth < 12:
-            args = [self.evaluate(_base(i), x, memo, depth + 1) for i in node.input if not i.startswith("^")]
+            args = [self.evaluate(base_name(i), x, memo, depth + 1) for i in node.input if not i.startswith("^")]
             layouts = {a[1] for a in args if a is not None and np.ndim(a[0])}
             if all(a is not None for a in args) and len(layouts) <= 1:
                 with np.errstate(all="ignore"):

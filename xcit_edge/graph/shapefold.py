@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xcit_edge.graph.canonicalize import _base
+from xcit_edge.graph.index import base_name
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def topological(graph_def) -> list:
     """The nodes in an order where every data and control input comes first (Kahn's algorithm;
     no recursion, so a deep graph cannot hit Python's recursion limit)."""
     nodes = {n.name: n for n in graph_def.node}
-    pending = {n.name: {_base(i) for i in n.input if _base(i) in nodes} for n in graph_def.node}
+    pending = {n.name: {base_name(i) for i in n.input if base_name(i) in nodes} for n in graph_def.node}
     users: dict[str, list[str]] = {}
     for name, deps in pending.items():
         for d in deps:
@@ -86,7 +86,7 @@ def classify(graph_def, input_node: str) -> dict[str, str]:
     """Each node's kind: "value" (reads the input's values), "shape" (only its shape), "const"."""
     kind: dict[str, str] = {}
     for node in topological(graph_def):
-        data = [kind.get(_base(i), "value") for i in node.input if not i.startswith("^")]
+        data = [kind.get(base_name(i), "value") for i in node.input if not i.startswith("^")]
         if node.name == input_node or (not data and node.op != "Const"):
             kind[node.name] = "value"  # the input, or a source we know nothing of (placeholders, random ops)
         elif node.op == "Const":
@@ -108,7 +108,7 @@ def _frontier(graph_def, kind: dict[str, str]) -> dict[str, list]:
         if kind.get(node.name) != "value":
             continue
         for idx, inp in enumerate(node.input):
-            src = _base(inp)
+            src = base_name(inp)
             if not inp.startswith("^") and kind.get(src) == "shape" and nodes[src].op != "Const":
                 frontier.setdefault(_tensor(inp), []).append((node, idx))
     return frontier
@@ -231,7 +231,7 @@ def fold_shape_math(graph_def, input_tensor: str, input_shape: list[int | None],
 
     from xcit_edge.graph.run import run_graph_inputs
 
-    input_node = _base(input_tensor)
+    input_node = base_name(input_tensor)
     frontier = _frontier(graph_def, classify(graph_def, input_node))
     report = FoldReport()
     if not frontier:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xcit_edge.graph.canonicalize import _base, _Graph
+from xcit_edge.graph.index import GraphIndex, base_name, data_inputs
 from xcit_edge.graph.run import run_graph
 from xcit_edge.graph.xca_names import PREFIX
 from xcit_edge.metrics import rel_max_err
@@ -74,16 +74,12 @@ class FusionReport:
     max_rel_err: float = 0.0  # whole-graph output, fused vs original, on the probe input
 
 
-def _data_inputs(node) -> list[str]:
-    return [_base(i) for i in node.input if not i.startswith("^")]
-
-
 def _layout_source(node) -> str:
     """The data operand of a layout op (Split carries its axis first)."""
-    return _base(node.input[1] if node.op == "Split" else node.input[0])
+    return base_name(node.input[1] if node.op == "Split" else node.input[0])
 
 
-def _ancestors(g: _Graph, name: str, limit: int) -> set[str]:
+def _ancestors(g: GraphIndex, name: str, limit: int) -> set[str]:
     seen, frontier = set(), [name]
     for _ in range(limit):
         nxt = []
@@ -92,16 +88,16 @@ def _ancestors(g: _Graph, name: str, limit: int) -> set[str]:
             if node is None or n in seen:
                 continue
             seen.add(n)
-            nxt.extend(_data_inputs(node))
+            nxt.extend(data_inputs(node))
         frontier = nxt
     return seen
 
 
-def _normalized_source(g: _Graph, node) -> str | None:
+def _normalized_source(g: GraphIndex, node) -> str | None:
     """For `x / f(x)` or `x * f(x)` with a root of a reduction in f: the name of x."""
     if node.op not in ("RealDiv", "Mul", "Div"):
         return None
-    a, b = _data_inputs(node)[:2]
+    a, b = data_inputs(node)[:2]
     for data, scale in ((a, b), (b, a)) if node.op == "Mul" else ((a, b),):
         anc = _ancestors(g, scale, 8)
         if data in anc and any(g.nodes[n].op in _ROOTS for n in anc if n in g.nodes):
@@ -109,7 +105,7 @@ def _normalized_source(g: _Graph, node) -> str | None:
     return None
 
 
-def _climb(g: _Graph, name: str, through_norm: bool) -> tuple[str | None, bool]:
+def _climb(g: GraphIndex, name: str, through_norm: bool) -> tuple[str | None, bool]:
     """Walk up from `name` through layout ops (and one L2 normalization if allowed) to the first
     other op: returns its name and whether a normalization was passed."""
     normed = False
@@ -127,10 +123,10 @@ def _climb(g: _Graph, name: str, through_norm: bool) -> tuple[str | None, bool]:
     return None, normed
 
 
-def _logits_source(g: _Graph, softmax) -> tuple[str | None, np.ndarray]:
+def _logits_source(g: GraphIndex, softmax) -> tuple[str | None, np.ndarray]:
     """From the softmax input up through constant scales and layout ops to the Gram matmul."""
     scale = np.ones(1, np.float64)
-    name = _base(softmax.input[0])
+    name = base_name(softmax.input[0])
     for _ in range(8):
         node = g.nodes.get(name)
         if node is None:
@@ -138,10 +134,10 @@ def _logits_source(g: _Graph, softmax) -> tuple[str | None, np.ndarray]:
         if node.op in _MATMUL:
             return name, scale
         if node.op in ("Identity", "Snapshot", "Transpose"):
-            name = _base(node.input[0])
+            name = base_name(node.input[0])
             continue
         if node.op in ("Mul", "RealDiv", "Div"):
-            a, b = _data_inputs(node)[:2]
+            a, b = data_inputs(node)[:2]
             ca, cb = g.const_array(a), g.const_array(b)
             if cb is not None:
                 scale = scale * (cb.astype(np.float64).reshape(-1) if node.op == "Mul" else 1.0 / cb.reshape(-1))
@@ -154,7 +150,7 @@ def _logits_source(g: _Graph, softmax) -> tuple[str | None, np.ndarray]:
     return None, scale
 
 
-def _descend(g: _Graph, name: str) -> tuple[str, str]:
+def _descend(g: GraphIndex, name: str) -> tuple[str, str]:
     """From the attention-apply matmul down through single-consumer layout ops to Z; also says what
     stopped the walk there (for the log, when Z then fails to verify)."""
     for _ in range(16):
@@ -166,7 +162,7 @@ def _descend(g: _Graph, name: str) -> tuple[str, str]:
     return name, f"stopped at {name}: 16 layout ops"
 
 
-def _find_sites(g: _Graph) -> list[_Site]:
+def _find_sites(g: GraphIndex) -> list[_Site]:
     sites = []
     for node in g.nodes.values():
         if node.op != "Softmax":
@@ -175,11 +171,11 @@ def _find_sites(g: _Graph) -> list[_Site]:
         applies = [c for c in g.consumers.get(node.name, []) if c.op in _MATMUL]
         if gram is None or len(applies) != 1:
             continue  # e.g. class attention: its logits are a reduction, not a Gram matmul
-        tops = [_climb(g, i, through_norm=True) for i in _data_inputs(g.nodes[gram])[:2]]
+        tops = [_climb(g, i, through_norm=True) for i in data_inputs(g.nodes[gram])[:2]]
         if not all(normed for _, normed in tops):
             continue  # a softmax between two matmuls, but no L2-normalized operands: not XCA
         site = _Site(node.name, gram, tau=tau)
-        v_in = [i for i in _data_inputs(applies[0]) if i != node.name]
+        v_in = [i for i in data_inputs(applies[0]) if i != node.name]
         v_top, _ = _climb(g, v_in[0], through_norm=False) if len(v_in) == 1 else (None, False)
         if len({tops[0][0], tops[1][0], v_top}) != 1 or v_top is None:
             site.reason = "q, k and v do not come from one qkv tensor"
@@ -329,7 +325,7 @@ def _rewire(graph_def, old: str, new: str) -> None:
         if node.name.startswith(new.rsplit("/", 1)[0] + "/"):
             continue
         for i, inp in enumerate(node.input):
-            if _base(inp) == old and not inp.startswith("^"):
+            if base_name(inp) == old and not inp.startswith("^"):
                 node.input[i] = new
             elif inp == f"^{old}":
                 node.input[i] = f"^{new}"
@@ -337,7 +333,7 @@ def _rewire(graph_def, old: str, new: str) -> None:
 
 def count_structural(graph_def) -> int:
     """How many XCA blocks the graph has by structure (before or after fusion)."""
-    return len(_find_sites(_Graph(graph_def)))
+    return len(_find_sites(GraphIndex(graph_def)))
 
 
 def fuse_xca(graph_def, input_tensor: str, input_shape: list[int | None], output_tensor: str):
@@ -349,7 +345,7 @@ def fuse_xca(graph_def, input_tensor: str, input_shape: list[int | None], output
     from tensorflow.core.framework import graph_pb2
     from tensorflow.python.framework import graph_util
 
-    g = _Graph(graph_def)
+    g = GraphIndex(graph_def)
     sites = _find_sites(g)
     report = FusionReport(found=len(sites))
     ready = [s for s in sites if s.x]
@@ -376,7 +372,7 @@ def fuse_xca(graph_def, input_tensor: str, input_shape: list[int | None], output
         fused += 1
     if not fused:
         return graph_def, report
-    out = graph_util.extract_sub_graph(out, [_base(output_tensor)])
+    out = graph_util.extract_sub_graph(out, [base_name(output_tensor)])
     (after,) = run_graph(out, input_tensor, probe, [output_tensor])
     report.max_rel_err = rel_max_err(after, values[-1])
     if report.max_rel_err > 1e-5:

@@ -28,6 +28,7 @@ import numpy as np
 from xcit_edge.backends import register
 from xcit_edge.backends.base import FLOAT, Conversion, QuantMode, op_counts, zeros_input
 from xcit_edge.backends.onnx.functions import count_xca, package_xca
+from xcit_edge.backends.onnx.index import OnnxIndex
 from xcit_edge.backends.onnx.rewrites import optimize
 from xcit_edge.errors import ConversionError, first_line
 from xcit_edge.util.batching import in_batches
@@ -165,10 +166,7 @@ def _unwrap_float_ops(model, keep: set[str], keep_nodes: frozenset[str] | set[st
     the pattern, so the node really runs in float.
     """
     nodes = list(model.graph.node)
-    consumers: dict[str, list] = {}
-    for n in nodes:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = OnnxIndex(model).consumers
     drop, done = set(), 0
     for n in nodes:
         if n.op_type not in keep and n.name not in keep_nodes:

@@ -38,6 +38,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from xcit_edge.backends.onnx.index import OnnxIndex
 from xcit_edge.errors import SpecError
 from xcit_edge.metrics import rel_max_err
 
@@ -48,30 +49,7 @@ _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Sqrt", "Reciprocal", "Neg", "Pow"}
 _RTOL = 1e-5
 
 
-class _Index:
-    def __init__(self, model):
-        from onnx import numpy_helper
-
-        self.model = model
-        self.inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-        self.producer = {o: n for n in model.graph.node for o in n.output}
-        self.consumers: dict[str, list] = {}
-        for n in model.graph.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
-
-    def consumer(self, tensor: str, op: str, other=None):
-        for n in self.consumers.get(tensor, []):
-            if n.op_type == op and (other is None or other(n)):
-                return n
-        return None
-
-    def const(self, node, skip: str) -> np.ndarray | None:
-        vals = [self.inits[i] for i in node.input if i != skip and i in self.inits]
-        return vals[0] if len(vals) == 1 else None
-
-
-def _layernorm_sites(ix: _Index) -> list[dict]:
+def _layernorm_sites(ix: OnnxIndex) -> list[dict]:
     """Candidate LayerNorms: x, ε, and the elementwise region below the variance."""
     sites = []
     for m1 in ix.model.graph.node:
@@ -134,7 +112,7 @@ def _matches(x: np.ndarray, y: np.ndarray, eps: float, gamma: np.ndarray, beta: 
     return rel_max_err(y, want) <= 1e-4
 
 
-def _choose(ix: _Index, site: dict, values: dict) -> tuple[object, np.ndarray, np.ndarray] | None:
+def _choose(ix: OnnxIndex, site: dict, values: dict) -> tuple[object, np.ndarray, np.ndarray] | None:
     """(output node, γ, β) of a verified LayerNorm, else None.
 
     γ and β are constants of the region, or absent: a LayerNorm whose γ is all ones or β all zeros (a
@@ -163,7 +141,7 @@ def fuse_layernorm(model) -> tuple[object, int]:
     import onnx
     from onnx import numpy_helper
 
-    ix = _Index(model)
+    ix = OnnxIndex(model)
     sites = _layernorm_sites(ix)
     if not sites:
         return model, 0
@@ -193,7 +171,7 @@ def fold_tensordot(model) -> tuple[object, int]:
     runtime shape arithmetic feeding the second Reshape (Shape, Gather, Cast, Concat: about
     300 tiny nodes in nano) goes with it. Each site is checked on the probe: the second
     Reshape's output must have x's leading axes."""
-    ix = _Index(model)
+    ix = OnnxIndex(model)
     sites = []
     for mm in model.graph.node:
         r1 = ix.producer.get(mm.input[0]) if mm.op_type == "MatMul" else None
@@ -223,7 +201,7 @@ def gelu_div_form(model) -> tuple[object, int]:
     fuses into Gelu. Returns the number of Mul -> Div rewrites."""
     from onnx import numpy_helper
 
-    ix = _Index(model)
+    ix = OnnxIndex(model)
     done = 0
     for k, erf in enumerate([n for n in model.graph.node if n.op_type == "Erf"]):
         add = _only_consumer(ix, erf.output[0])
@@ -247,7 +225,7 @@ def gelu_div_form(model) -> tuple[object, int]:
     return model, done
 
 
-def _scalar_one(ix: _Index, add) -> str | None:
+def _scalar_one(ix: OnnxIndex, add) -> str | None:
     """The name of `add`'s constant input when it is 1.0 in a shape other than a scalar."""
     for name in add.input:
         c = ix.inits.get(name)
@@ -256,7 +234,7 @@ def _scalar_one(ix: _Index, add) -> str | None:
     return None
 
 
-def _per_channel(ix: _Index, node, channels: int | None = None, axis: int = -1) -> tuple[str, np.ndarray] | None:
+def _per_channel(ix: OnnxIndex, node, channels: int | None = None, axis: int = -1) -> tuple[str, np.ndarray] | None:
     """(name, values) of `node`'s constant operand when it varies along `axis` only: the last axis of
     tokens (shape (C,) or (1, 1, C)), or axis 1 of an NCHW tensor (shape (1, C, 1, 1))."""
     for name in node.input:
@@ -268,12 +246,12 @@ def _per_channel(ix: _Index, node, channels: int | None = None, axis: int = -1) 
     return None
 
 
-def _only_consumer(ix: _Index, tensor: str):
+def _only_consumer(ix: OnnxIndex, tensor: str):
     users = ix.consumers.get(tensor, [])
     return users[0] if len(users) == 1 else None
 
 
-def _set_init(model, ix: _Index, name: str, value: np.ndarray) -> str:
+def _set_init(model, ix: OnnxIndex, name: str, value: np.ndarray) -> str:
     """A new initializer (the old one may be shared): returns its name."""
     from onnx import numpy_helper
 
@@ -283,7 +261,7 @@ def _set_init(model, ix: _Index, name: str, value: np.ndarray) -> str:
     return new
 
 
-def _bypass(ix: _Index, node) -> None:
+def _bypass(ix: OnnxIndex, node) -> None:
     """Consumers of `node`'s output read its data input instead (node is then unused; `drop_unused`
     removes it). The index follows, so later folds see the new consumers without a rebuild."""
     src = next(i for i in node.input if i not in ix.inits)
@@ -293,7 +271,7 @@ def _bypass(ix: _Index, node) -> None:
     ix.consumers.setdefault(src, []).extend(users)
 
 
-def _layerscale_into_matmul(model, ix: _Index, mul) -> bool:
+def _layerscale_into_matmul(model, ix: OnnxIndex, mul) -> bool:
     """Mul(Add(MatMul(x, W), b), g) -> Add(MatMul(x, W·g), b·g)."""
     add = ix.producer.get(next((i for i in mul.input if i not in ix.inits), ""))
     mm = add is not None and add.op_type == "Add" and ix.producer.get(next((i for i in add.input if i not in ix.inits),
@@ -311,7 +289,7 @@ def _layerscale_into_matmul(model, ix: _Index, mul) -> bool:
     return True
 
 
-def _layerscale_into_conv(model, ix: _Index, mul) -> bool:
+def _layerscale_into_conv(model, ix: OnnxIndex, mul) -> bool:
     """Mul(Reshape(Transpose(Conv(x, W, B), NCHW->NHWC)), g) -> the same with W·g, B·g per output channel."""
     rs = ix.producer.get(next((i for i in mul.input if i not in ix.inits), ""))
     tr = rs is not None and rs.op_type == "Reshape" and ix.producer.get(rs.input[0])
@@ -332,7 +310,7 @@ def _layerscale_into_conv(model, ix: _Index, mul) -> bool:
     return True
 
 
-def _gelu_scale_into_conv(model, ix: _Index, scaled) -> bool:
+def _gelu_scale_into_conv(model, ix: OnnxIndex, scaled) -> bool:
     """GELU (x·0.5)·((erf+1)·s) + b -> Conv  =>  (x·0.5)·(erf+1) + b/s -> Conv with weights ·s."""
     one = ix.producer.get(next((i for i in scaled.input if i not in ix.inits), ""))
     outer = _only_consumer(ix, scaled.output[0])
@@ -363,7 +341,7 @@ def pad_into_conv(model) -> tuple[object, int]:
     and costs a copy of the activation per convolution."""
     import onnx
 
-    ix = _Index(model)
+    ix = OnnxIndex(model)
     done = 0
     for pad in [n for n in model.graph.node if n.op_type == "Pad"]:
         conv = _only_consumer(ix, pad.output[0])
@@ -390,7 +368,7 @@ def pad_into_conv(model) -> tuple[object, int]:
 
 def fold_scales(model) -> tuple[object, int]:
     """Per-channel constant Muls folded into neighbouring weights (module doc); returns the count."""
-    ix = _Index(model)
+    ix = OnnxIndex(model)
     outputs = {o.name for o in model.graph.output}
     done = 0
     for mul in [n for n in model.graph.node if n.op_type == "Mul"]:
@@ -408,7 +386,7 @@ def l2_norm_form(model) -> tuple[object, int]:
     (three nodes less per norm; the node keeps the Sqrt's name, so it stays inside its fused block)."""
     from onnx import helper
 
-    ix = _Index(model)
+    ix = OnnxIndex(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     done = 0
     for sqrt in [n for n in model.graph.node if n.op_type == "Sqrt"]:
