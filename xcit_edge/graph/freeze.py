@@ -21,8 +21,7 @@ import numpy as np
 
 from xcit_edge.data.preprocessing import LAYOUTS, Preprocessing, layout_perm, to_layout
 from xcit_edge.errors import ConversionError, UsageError, first_line
-from xcit_edge.graph.canonicalize import canonicalize_gelu
-from xcit_edge.graph.shapefold import fold_shape_math
+from xcit_edge.graph.rewrites import GraphSite, canonical
 from xcit_edge.graph.structure import input_layout, structure_of
 from xcit_edge.graph.xca import FusionReport, count_structural, fuse_xca
 from xcit_edge.model.savedmodel import preprocessing_of, read_metadata
@@ -298,9 +297,8 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
     out_key = _pick_output(sig, path, output_key)
     frozen = convert_variables_to_constants_v2(sig)
     out_tensor = frozen.outputs[_flat_output_index(sig, out_key)].name
-    gd, folds = fold_shape_math(frozen.graph.as_graph_def(), frozen.inputs[0].name, in_shape,
-                                [_node_name(out_tensor)])
-    gd, n_gelu = canonicalize_gelu(gd, [_node_name(out_tensor)])
+    gd, rewrites = canonical(frozen.graph.as_graph_def(), GraphSite(frozen.inputs[0].name, in_shape,
+                                                                    [_node_name(out_tensor)]))
     layout, layout_origin = _layout(gd, frozen.inputs[0].name, in_shape, layout)
     out_shape = sig.structured_outputs[out_key].shape.as_list()
     img_size = in_shape[1 + layout[1:].index("H")]
@@ -335,7 +333,7 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
         preprocessing_origin=pre_origin, baked=bake_preprocessing, arch=arch, arch_origin=arch_origin,
         features=features, labels=_labels(meta, out_dim, features), source=path, signature_key=key,
         output_key=out_key, signature_input=in_name,
-        rewrites={"shape_math_folded": folds.folded, "gelu_canonicalized": n_gelu, "xca_fused": xca.fused},
+        rewrites={**rewrites, "xca_fused": xca.fused},
         xca=xca,
         factory=factory,
     )
