@@ -232,11 +232,24 @@ def _labels(cal: CalibrationSet) -> np.ndarray | None:
 
 def convert(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptions | None = None,
             progress: Progress | None = None) -> list[ArtifactResult]:
-    """Convert MODEL to every target under `out`; returns one result per target, in order.
+    """Convert MODEL to every target under `out`, one artifact directory per target.
 
     A target that fails to convert or to run is reported in its result (`error`) and the
     others go on; bad input and a full disk stop everything. One run at a time writes to `out`
     (its lock); each artifact appears whole, replacing the previous one only once complete.
+
+    Args:
+        model: a SavedModel directory, an archive, a TF Hub handle or an architecture name.
+        targets: the specs to convert to (`targets.parse_targets`).
+        out: the output directory; `out/<target>/` is each artifact.
+        opts: calibration, preprocessing, fusion, --max-drop, reference and safety settings.
+        progress: called as (stage, done, total) while images decode and targets convert.
+    Returns:
+        One ArtifactResult per target, in order: its manifest, or the error that stopped it.
+    Raises:
+        UsageError: bad input (the model, its signature, the calibration images, an occupied `out`).
+        OutputError: `out` cannot be written (permissions, a full disk).
+        ConversionError: the source graph itself cannot be converted (e.g. XCA blocks that do not fuse).
     """
     opts = opts or ConvertOptions()
     out = Path(out)

@@ -286,8 +286,26 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
             preprocessing: Preprocessing | None = None, bake_preprocessing: bool = False,
             allow_unknown: bool = False, fuse: bool = True, allow_partial_fusion: bool = False,
             trust_model: bool = False) -> PreparedGraph:
-    """Check its ops (`safety.check_ops`), load, check, freeze, canonicalize, fuse XCA and adapt the SavedModel
-    at `path`."""
+    """The SavedModel at `path` as the one graph every backend converts from.
+
+    Checks its ops before loading (`source.safety.check_ops`), loads and checks the signature (one image
+    input, the output), freezes it, runs the canonical rewrites (`graph.rewrites`), identifies the variant,
+    fuses XCA (`graph.xca`) and adapts the input (preprocessing baked in, layout).
+
+    Args:
+        path: a local SavedModel directory (untrusted).
+        signature, output_key: which signature and output (default: serving_default / the only one).
+        preprocessing: overrides what the SavedModel records (foreign models).
+        bake_preprocessing: the graph takes uint8 RGB and normalizes inside.
+        allow_unknown: accept a structure that is no known XCiT variant.
+        fuse, allow_partial_fusion: fuse XCA; accept fewer fused blocks than the model has.
+        trust_model: run a graph whose ops reach outside it (files, network, Python).
+    Returns:
+        The PreparedGraph (frozen GraphDef, its I/O, preprocessing, variant, rewrite counts, `xca` record).
+    Raises:
+        UsageError: not a loadable SavedModel, no image signature, refused ops, an unknown variant.
+        ConversionError: fewer XCA blocks fused than the model has (without allow_partial_fusion).
+    """
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     path = Path(path)
