@@ -37,7 +37,9 @@ def private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XCIT_EDGE_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
-FIXTURE_WEIGHTS = Path(__file__).parent / "fixtures" / f"{FIXTURE.name}.safetensors"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES_DIR = Path(__file__).parent / "fixtures"  # tests/fixtures, whatever folder a test module is in
+FIXTURE_WEIGHTS = FIXTURES_DIR / f"{FIXTURE.name}.safetensors"
 
 
 @pytest.fixture(scope="session")

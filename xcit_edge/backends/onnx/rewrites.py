@@ -22,7 +22,7 @@ form TFLite needs); ONNX Runtime fuses only `erf(x / 1.4142135)` into its Gelu k
   (`(x·0.5)·((erf(x/√2)+1)·s)`, a form no GELU fusion matches), moved out of the GELU and into the
   next Conv's weights (`conv(s·g + b) = conv_{w·s}(g + b/s)`, exact also at the zero-padded border).
   nano: 50 Mul nodes gone (the manifest's `rewrites`), and ONNX Runtime then fuses every GELU
-  (tests/test_onnx_rewrites.py checks it on the fixture).
+  (tests/backends/test_onnx_rewrites.py checks it on the fixture).
 * `l2_norm_form`: `Sqrt(ReduceSum(Mul(t, t)))` becomes `ReduceL2(t)` (XCA's q and k norms).
 * `pad_into_conv`: an explicit zero `Pad` before a `Conv` (how onnx-tf writes padded convolutions)
   becomes the Conv's `pads`, so the LPI pattern above is found in onnx-tf graphs too.

@@ -8,7 +8,7 @@ XCA must be left alone.
 
 import numpy as np
 import pytest
-from conftest import one_line_error, run
+from conftest import FIXTURE_WEIGHTS, one_line_error, run
 
 from xcit_edge.errors import ConversionError
 from xcit_edge.graph.xca import fuse_xca, reference_xca
@@ -231,12 +231,11 @@ def _fused_vs_as_written(sm, size: int, depth: int, tmp_path) -> dict:
 
 def test_384_model_fused_equals_unfused(tmp_path):
     """The trained fixture at 384 px: 2304 tokens per XCA (the p8 / 384 regime)."""
-    from pathlib import Path
 
     from xcit_edge.model.build import build
     from xcit_edge.model.zoo import FIXTURE
 
-    weights = Path(__file__).parent / "fixtures" / f"{FIXTURE.name}.safetensors"
+    weights = FIXTURE_WEIGHTS
     build(FIXTURE.name, tmp_path / "fx384", weights=weights, img_size=384)
     _fused_vs_as_written(tmp_path / "fx384", 384, FIXTURE.depth, tmp_path)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import rel_max_err, run, timm_forward
+from conftest import FIXTURES_DIR, rel_max_err, run, timm_forward
 
 from xcit_edge.backends import backend
 from xcit_edge.data.calibration import normalize
@@ -25,7 +25,7 @@ from xcit_edge.targets import all_targets
 
 pytest.importorskip("timm")
 
-FOREIGN = Path(__file__).parent / "fixtures" / "foreign"
+FOREIGN = FIXTURES_DIR / "foreign"
 SOURCES = sorted(p.name for p in FOREIGN.iterdir() if (p / "saved_model.pb").is_file())
 LAYOUT = {"onnx-tf-nhwc-wrapper": "NWHC", "onnx-tf-nchw": "NCHW", "onnx2tf-1-nchw": "NHWC", "onnx2tf-2-nchw": "NHWC"}
 SIZE = 96

@@ -21,7 +21,7 @@ def run(*args):
 @pytest.fixture(scope="module")
 def foreign_nchw(tmp_path_factory):
     """A hand-written tf.Module (not our metadata), NCHW input, other output key; the real converters'
-    outputs are inspected in tests/test_foreign.py."""
+    outputs are inspected in tests/source/test_foreign.py."""
     model = build_model(get_config("xcit_nano_12_p16_224"), seed=1)
     m = tf.Module()
     m.model = model

@@ -5,6 +5,7 @@ import sys
 import zipfile
 
 import pytest
+from conftest import REPO_ROOT
 
 from xcit_edge.errors import UsageError, XcitEdgeError
 from xcit_edge.targets import _parse, all_targets, parse_targets
@@ -37,7 +38,7 @@ def test_bad_spec_names_its_file(tmp_path):
 
 def test_wheel_carries_targets_and_calibration_data(tmp_path):
     """A plain `pip install .` must find the specs: they live in the wheel as xcit_edge._targets."""
-    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    root = REPO_ROOT
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(root),
                     "-w", str(tmp_path)], check=True, capture_output=True)
     (whl,) = tmp_path.glob("*.whl")

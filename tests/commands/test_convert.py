@@ -274,7 +274,7 @@ def test_disk_full_leaves_no_partial_artifact(fixture_dir, tiny_disk):
 
 def test_nchw_tf_module_with_other_output_key(timm_fixture, held_out, calib_npz, tmp_path):
     """A hand-written tf.Module wrapper: channels-first input, output key `logits` (the real converters'
-    outputs are tests/test_foreign.py's)."""
+    outputs are tests/source/test_foreign.py's)."""
     import tensorflow as tf
 
     from xcit_edge.model.build import build_keras
