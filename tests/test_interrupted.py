@@ -141,7 +141,7 @@ def test_a_run_that_does_not_unwind_is_ended_by_the_watchdog_with_its_temps_remo
     code = (
         "import sys, tempfile, time\n"
         "from pathlib import Path\n"
-        "from xcit_edge import interrupt\n"
+        "from xcit_edge.util import interrupt\n"
         "with interrupt.guard(grace=0.5):\n"
         f"    d = Path(tempfile.mkdtemp(dir={str(tmp_path)!r}))\n"
         "    (d / 'partial').write_bytes(b'x')\n"

@@ -298,7 +298,7 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
     if progress:
         progress("target", len(targets), len(targets))
     if placement is not None:
-        _write_reference(src, source_info["sha256"], cal, opts, placement, out)
+        _write_reference(src, source_info.sha256, cal, opts, placement, out)
     return results
 
 

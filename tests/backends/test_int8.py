@@ -342,10 +342,11 @@ def test_an_artifact_the_runtime_dies_on_is_one_failed_verdict(fixture_artifacts
     """A native abort in the child run (simulated: the result of a child killed by SIGABRT) makes the artifact
     `broken`: validate gives it a failed verdict naming the signal and never loads it in this process."""
     from xcit_edge import validate as val
+    from xcit_edge.artifact import open as artifact_open
     from xcit_edge.artifact.smoke import SmokeResult, _why
 
-    monkeypatch.setattr(val, "smoke", lambda backend, path: SmokeResult(False, _why(-6, "free(): double free"),
-                                                                        died=True))
+    died = SmokeResult(False, _why(-6, "free(): double free"), died=True)
+    monkeypatch.setattr(artifact_open, "smoke", lambda backend, path: died)
     art = val.open_artifact(Path(fixture_artifacts["tflite-int8"]["path"]))
     assert art.session is None and art.broken == "the runtime aborted the process (SIGABRT): free(): double free"
     res = val.validate_one(art, np.zeros((1, 64, 64, 3), np.float32), None, None, [], None)

@@ -1,4 +1,4 @@
-"""ONNX rewrites (`backends/onnx/rewrites.py`): LayerNorm as tf2onnx writes it becomes one
+"""ONNX rewrites (`backends/onnx/rewrites/`): LayerNorm as tf2onnx writes it becomes one
 LayerNormalization only when it computes a LayerNorm; a look-alike stays as it is."""
 
 import numpy as np

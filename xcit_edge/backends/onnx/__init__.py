@@ -1,6 +1,6 @@
 """ONNX via tf2onnx from the frozen GraphDef; checked with `onnx.checker`, run in ONNX Runtime.
 
-Float targets with `optimize = true` get `onnx/rewrites.py`'s rewrites (LayerNormalization,
+Float targets with `optimize = true` get `onnx/rewrites/`'s rewrites (LayerNormalization,
 Tensordot folding, GELU in the form ONNX Runtime fuses), each verified on a probe input.
 Fused XCA blocks (`graph/xca.py`) are packaged as `xcit_edge.XCA` function nodes
 (`onnx/functions.py`) unless the spec says `inline_functions` (`convert --inline-functions`).

@@ -22,7 +22,7 @@ import logging
 
 import numpy as np
 
-from xcit_edge.backends.onnx.rewrites import drop_unused
+from xcit_edge.backends.onnx.rewrites.common import drop_unused
 from xcit_edge.graph.xca_names import PREFIX, block_of, count_blocks
 
 log = logging.getLogger(__name__)

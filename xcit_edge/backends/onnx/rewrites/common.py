@@ -1,0 +1,99 @@
+"""What the ONNX rewrites share: the probe run, initializer edits, bypassing a node, dropping dead ones."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xcit_edge.backends.onnx.index import OnnxIndex
+
+
+def probe(model, tensors: list[str], seed: int = 0) -> dict[str, np.ndarray]:
+    """Values of `tensors` on a seeded input (batch 2 when the batch is dynamic)."""
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    known = {o.name for o in m.graph.output}
+    for t in dict.fromkeys(tensors):
+        if t not in known:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) and d > 0 else 2 for d in inp.shape]
+    rng = np.random.default_rng(seed)
+    if inp.type == "tensor(uint8)":  # --bake-preprocessing: raw pixels
+        x = rng.integers(0, 256, shape, dtype=np.uint8)
+    else:
+        x = rng.standard_normal(shape).astype(np.float32)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, {inp.name: x}), strict=True))
+
+
+def scalar_one(ix: OnnxIndex, add) -> str | None:
+    """The name of `add`'s constant input when it is 1.0 in a shape other than a scalar."""
+    for name in add.input:
+        c = ix.inits.get(name)
+        if c is not None and c.size == 1 and c.ndim > 0 and float(c.reshape(-1)[0]) == 1.0:
+            return name
+    return None
+
+
+def per_channel(ix: OnnxIndex, node, channels: int | None = None, axis: int = -1) -> tuple[str, np.ndarray] | None:
+    """(name, values) of `node`'s constant operand when it varies along `axis` only: the last axis of
+    tokens (shape (C,) or (1, 1, C)), or axis 1 of an NCHW tensor (shape (1, C, 1, 1))."""
+    for name in node.input:
+        c = ix.inits.get(name)
+        if c is None or c.size < 2 or (channels and c.size != channels) or (axis == 1 and c.ndim != 4):
+            continue
+        if c.shape[axis] == c.size:
+            return name, c.reshape(-1).astype(np.float32)
+    return None
+
+
+def only_consumer(ix: OnnxIndex, tensor: str):
+    users = ix.consumers.get(tensor, [])
+    return users[0] if len(users) == 1 else None
+
+
+def set_init(model, ix: OnnxIndex, name: str, value: np.ndarray) -> str:
+    """A new initializer (the old one may be shared): returns its name."""
+    from onnx import numpy_helper
+
+    new = f"{name}/folded{len(model.graph.initializer)}"
+    model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), new))
+    ix.inits[new] = value
+    return new
+
+
+def bypass(ix: OnnxIndex, node) -> None:
+    """Consumers of `node`'s output read its data input instead (node is then unused; `drop_unused`
+    removes it). The index follows, so later folds see the new consumers without a rebuild."""
+    src = next(i for i in node.input if i not in ix.inits)
+    users = ix.consumers.pop(node.output[0], [])
+    for c in users:
+        c.input[:] = [src if i == node.output[0] else i for i in c.input]
+    ix.consumers.setdefault(src, []).extend(users)
+
+
+def drop_unused(model) -> None:
+    """After a rewrite: remove nodes whose outputs nothing reads, then initializers nothing
+    reads and value_info of tensors no node produces any more."""
+    outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | outputs
+        dead = [n for n in model.graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    produced = {o for n in model.graph.node for o in n.output}
+    keep_vi = [v for v in model.graph.value_info if v.name in produced]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep_vi)
