@@ -1,4 +1,4 @@
-"""Resident memory after each step of `graph.prepare` (load, freeze, GELU canonicalization, XCA fusion, the
+"""Resident memory after each step of `graph.prepare` (load, freeze, the canonical rewrites, XCA fusion, the
 adapted function): where the model term of `xcit_edge/util/memory.py` (48 x the SavedModel's bytes) comes from.
 
 The steps are `graph/freeze.py`'s own, called in its order on a SavedModel built with seeded weights; VmRSS
@@ -69,8 +69,11 @@ def main() -> None:
     frozen = convert_variables_to_constants_v2(sig)
     report("freeze")
     out_tensor = frozen.outputs[0].name
-    gd, _ = fz.canonicalize_gelu(frozen.graph.as_graph_def(), [fz._node_name(out_tensor)])
-    report("canonicalize_gelu")
+    from xcit_edge.graph.rewrites import GraphSite, canonical
+
+    gd, _ = canonical(frozen.graph.as_graph_def(), GraphSite(frozen.inputs[0].name, in_shape,
+                                                             [fz._node_name(out_tensor)]))
+    report("canonical rewrites")
     meta = read_metadata(sm)
     gd, _ = fz._fusion(sm, gd, frozen, out_tensor, in_shape, meta, meta["arch"], False)
     report("xca fusion")
