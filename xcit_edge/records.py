@@ -30,7 +30,7 @@ class Fields:
         value = self.obj.get(key)
         if value is None and optional:
             return None
-        if not isinstance(value, kinds) or (int in kinds and float not in kinds and isinstance(value, bool)):
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             names = " or ".join(k.__name__ for k in kinds)
             raise RecordError(f"{self.where}: manifest field {self.prefix}{key} is missing or not {names}")
         return value

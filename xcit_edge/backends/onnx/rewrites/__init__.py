@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 _RTOL = 1e-5
 
 # The passes in the order they run, by the name manifests and `optimize_skip` use (one list, like tf2onnx's
-# optimizer table): each takes a model and returns (model, rewrites made); adding a rewrite is one entry here.
+# optimizer table): each takes a model and returns (model, rewrites made); adding a rewrite is its module
+# (matcher and check) plus one entry here.
 PASSES: tuple[tuple[str, Callable], ...] = (
     ("tensordot_folded", fold_tensordot),
     ("pads_into_conv", pad_into_conv),  # before scales_folded: onnx-tf's padded LPI convs then match it
@@ -75,7 +76,7 @@ def optimize(model, skip: tuple[str, ...] = ()) -> tuple[object, dict]:
     unknown = sorted(set(skip) - set(REWRITES))
     if unknown:
         raise SpecError(f"optimize_skip: unknown ONNX rewrite(s) {', '.join(unknown)} "
-                            f"(known: {', '.join(REWRITES)})")
+                        f"(known: {', '.join(REWRITES)})")
     original = onnx.ModelProto()
     original.CopyFrom(model)
     counts = {}
