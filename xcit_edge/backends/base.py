@@ -109,8 +109,8 @@ class Backend(Protocol):
         has none. Returns what was written, for the manifest."""
 
 
-REQUIRED = ("NAME", "RUNTIME_MODULE", "DISTRIBUTIONS", "MODES", "RUN_OPTIONS", "convert_within_drop", "convert",
-            "load", "run", "block_outputs", "run_defaults", "quantized_layers", "describe")
+# What `register` checks a backend module for: every name the protocol declares (read from it, not listed twice)
+REQUIRED = tuple(dict.fromkeys(n for n in (*Backend.__annotations__, *vars(Backend)) if not n.startswith("_")))
 
 
 def zeros_input(shape: Iterable, dtype) -> np.ndarray:
