@@ -30,11 +30,11 @@ PROBE_IMAGES = 8
 def source_block_outputs(graph, x: np.ndarray) -> dict[int, np.ndarray]:
     """The output of every fused block in the prepared (fused) source graph, for inputs `x`."""
     ops = [(n.name, n.op, [i.split(":")[0] for i in n.input if not i.startswith("^")], [n.name])
-           for n in topological(graph.graph_def)]
+           for n in topological(graph.frozen.graph_def)]
     exits = block_exits(ops)  # node names: a block ends in a single-output op (its merge-heads reshape)
     if not exits:
         return {}
-    outs = run_graph(graph.graph_def, graph.input_tensor, x, [f"{t}:0" for t in exits.values()],
+    outs = run_graph(graph.frozen, graph.input_tensor, x, [f"{t}:0" for t in exits.values()],
                      batch=graph.input_shape[0])  # a fixed-batch source takes that many images per run
     return {b: np.asarray(o, np.float32) for b, o in zip(exits, outs, strict=True)}
 

@@ -2,8 +2,9 @@
 
 Why freeze: the TFLite converter silently drops the weights of our Keras-3 SavedModels
 (`from_saved_model` gives a 531 KB model that outputs NaN; measured), and tf2onnx and
-OpenVINO read a constant-only GraphDef most reliably. After `convert_variables_to_constants_v2`
-every weight is a `Const`, whatever wrote the SavedModel (Keras, `tf.Module`, onnx2tf, onnx-tf).
+OpenVINO read a constant-only GraphDef most reliably. Frozen, every weight is a constant, whatever
+wrote the SavedModel (Keras, `tf.Module`, onnx2tf, onnx-tf); it is held apart from the graph's
+structure (`graph/weights.py`) so that rewrites, probes and converters do not each copy it.
 
 The prepared function always has one input called `input` and one output; with
 `bake_preprocessing` the input becomes uint8 RGB NHWC and the normalization (and an NCHW
@@ -14,6 +15,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +26,9 @@ import numpy as np
 from xcit_edge.data.preprocessing import LAYOUTS, Preprocessing, layout_perm, to_layout
 from xcit_edge.errors import ConversionError, UsageError, first_line
 from xcit_edge.graph.rewrites import GraphSite, canonical
+from xcit_edge.graph.run import GraphSession
 from xcit_edge.graph.structure import input_layout, structure_of
+from xcit_edge.graph.weights import Frozen, freeze_signature
 from xcit_edge.graph.xca import FusionReport, count_structural, fuse_xca
 from xcit_edge.model.savedmodel import preprocessing_of, read_metadata
 from xcit_edge.records import IOContract, TensorInfo, XcaRecord
@@ -33,10 +39,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PreparedGraph:
-    """A frozen, canonical, single-input single-output model every backend converts from."""
+    """A frozen, canonical, single-input single-output model every backend converts from.
 
-    fn: object  # tf ConcreteFunction, constants only
-    graph_def: object
+    The graph is held as a `Frozen` graph (`graph/weights.py`): its structure with the weights apart, so the
+    model lives once in memory; `materialized()` and `fixed_batch()` make the self-contained copies a
+    converter needs, on demand (drop them when done)."""
+
+    frozen: Frozen  # input node `input`, output node `output`
     input_tensor: str
     output_tensor: str
     input_shape: list[int | None]
@@ -57,14 +66,35 @@ class PreparedGraph:
     signature_input: str = "input"  # the source signature's input argument name
     rewrites: dict[str, int] = field(default_factory=dict)
     xca: XcaRecord = field(default_factory=lambda: XcaRecord(enabled=False, expected=0))  # the XCA fusion
-    factory: object = None  # batch -> frozen ConcreteFunction with that fixed batch size
     cache: dict = field(default_factory=dict)  # per-graph results backends share (e.g. the fp32 ONNX)
+    _scratch: Path | None = field(default=None, repr=False)
+
+    def scratch(self) -> Path:
+        """A private temporary directory that lives as long as this graph: where backends keep what they
+        share between targets (the fp32 ONNX model) on disk instead of in memory."""
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="xcit-edge-graph-"))
+            weakref.finalize(self, shutil.rmtree, self._scratch, True)
+        return self._scratch
+
+    def materialized(self, batch: int | None = None):
+        """A self-contained GraphDef (weights as Consts; a copy of them), for a converter that reads one;
+        `batch` fixes the input's batch size (static shapes let converters fold shape math)."""
+        gd = self.frozen.materialized()
+        if batch is not None and self.input_shape[0] is None:
+            from tensorflow.python.framework import tensor_shape
+
+            node = next(n for n in gd.node if n.name == _node_name(self.input_tensor))
+            node.attr["shape"].shape.CopyFrom(tensor_shape.TensorShape([batch, *self.input_shape[1:]]).as_proto())
+        return gd
 
     def fixed_batch(self, batch: int = 1):
-        """The same function traced for a fixed batch: static shapes let converters fold shape math."""
-        if self.input_shape[0] == batch or self.factory is None:
-            return self.fn
-        return self.factory(batch)
+        """The graph as a TensorFlow ConcreteFunction with a fixed batch size (what the TFLite converter
+        takes): made on each call, so its copy of the weights goes when the caller drops it."""
+        from tensorflow.python.eager import wrap_function
+
+        return wrap_function.function_from_graph_def(self.materialized(batch), [self.input_tensor],
+                                                     [self.output_tensor])
 
     def io_spec(self) -> IOContract:
         """The artifact's input/output contract (what the manifest records and `validate` feeds)."""
@@ -82,10 +112,10 @@ class PreparedGraph:
 
     def run(self, x: np.ndarray, batch: int = 16) -> np.ndarray:
         """The prepared graph in TensorFlow at float32: the reference every artifact is held to."""
-        import tensorflow as tf
-
         step = self.input_shape[0] or batch  # a fixed-batch source (onnx2tf: 1) takes exactly that many
-        outs = [self.fn(tf.constant(x[i:i + step]))[0].numpy() for i in range(0, len(x), step)]
+        with GraphSession(self.frozen) as sess:
+            outs = [sess([self.output_tensor], {self.input_tensor: x[i:i + step]})[0]
+                    for i in range(0, len(x), step)]
         return np.concatenate(outs).astype(np.float32)
 
 
@@ -191,46 +221,119 @@ def _labels(meta: dict | None, out_dim: int | None, features: bool) -> list[str]
     return None
 
 
-def _inner_function(graph_def, input_tensor: str, output_tensor: str):
-    import tensorflow as tf
+def _adapted(frozen: Frozen, input_tensor: str, output_tensor: str, shape: list[int | None], layout: str,
+             pre: Preprocessing, bake: bool) -> Frozen:
+    """The final graph: a placeholder `input` (the source's contract, or uint8 NHWC when baking, the
+    normalization and layout transpose added after it) and an Identity `output`, pruned to what `output`
+    needs. Edited as structure: the weights are not copied."""
+    from tensorflow.core.framework import graph_pb2, types_pb2
+    from tensorflow.python.framework import graph_util
 
-    def _imports():
-        tf.compat.v1.import_graph_def(graph_def, name="")
-
-    wrapped = tf.compat.v1.wrap_function(_imports, [])
-    g = wrapped.graph
-    return wrapped.prune(g.get_tensor_by_name(input_tensor), g.get_tensor_by_name(output_tensor))
-
-
-def _adapted(inner, shape: list[int | None], layout: str, pre: Preprocessing, bake: bool):
-    """The final function: input `input` (source contract, or uint8 NHWC when baking)."""
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
+    gd = graph_pb2.GraphDef()
+    gd.CopyFrom(frozen.graph_def)
+    src = _node_name(input_tensor)
+    output_tensor = _free_names(gd, {"input", "output"} - {src}, output_tensor)
+    edit = _Editor(gd)
     if bake:
         perm = layout_perm(layout)
         nhwc = [shape[0], 0, 0, 3]
         for i, p in enumerate(perm):
             nhwc[p] = shape[i]
-        spec = tf.TensorSpec(nhwc, tf.uint8, name="input")
-        scale = np.array(pre.scale, np.float32)
-        mean = np.array(pre.mean, np.float32)
+        edit.rename(src, "xcit_edge/source_input")
+        x = edit.placeholder("input", types_pb2.DT_UINT8, nhwc)
+        x = edit.op("xcit_edge/bake/cast", "Cast", [x], SrcT=types_pb2.DT_UINT8, DstT=types_pb2.DT_FLOAT)
+        x = edit.op("xcit_edge/bake/scale", "Mul", [x, edit.const("xcit_edge/bake/scale_v", pre.scale)])
+        x = edit.op("xcit_edge/bake/center", "Sub", [x, edit.const("xcit_edge/bake/mean", pre.mean)])
         inv_std = (1.0 / np.array(pre.std, np.float64)).astype(np.float32)
-
-        def body(x):
-            x = (tf.cast(x, tf.float32) * scale - mean) * inv_std
-            return x if perm == [0, 1, 2, 3] else tf.transpose(x, perm)
+        x = edit.op("xcit_edge/bake/normalize", "Mul", [x, edit.const("xcit_edge/bake/inv_std", inv_std)])
+        if perm != [0, 1, 2, 3]:
+            x = edit.op("xcit_edge/bake/layout", "Transpose",
+                        [x, edit.const("xcit_edge/bake/perm", np.array(perm, np.int32))],
+                        T=types_pb2.DT_FLOAT, Tperm=types_pb2.DT_INT32)
+        edit.rewire("xcit_edge/source_input", x)
     else:
-        spec = tf.TensorSpec(shape, tf.float32, name="input")
+        edit.rename(src, "input")
+        edit.placeholder("input", types_pb2.DT_FLOAT, shape, replace=True)
+    edit.op("output", "Identity", [output_tensor])
+    return frozen.with_graph(graph_util.extract_sub_graph(gd, ["output"]))
 
-        def body(x):
-            return x
 
-    @tf.function(input_signature=[spec], autograph=False)
-    def serve(input):  # noqa: A002 - the argument name becomes the artifacts' input name
-        return tf.identity(inner(body(input)), name="output")
+def _free_names(gd, names: set[str], output_tensor: str) -> str:
+    """Rename nodes that hold one of `names` (the final graph's own), so they can be used; returns the
+    output tensor's name after the renames."""
+    edit = _Editor(gd)
+    for name in sorted(names):
+        if name in edit.nodes:
+            new = f"xcit_edge/renamed/{name}"
+            edit.rename(name, new)
+            if _node_name(output_tensor) == name:
+                output_tensor = new + output_tensor[len(name):]
+    return output_tensor
 
-    return convert_variables_to_constants_v2(serve.get_concrete_function())
+
+class _Editor:
+    """Small structure edits of a GraphDef: add nodes, rename one (its readers follow), rewire readers."""
+
+    def __init__(self, gd):
+        self.gd = gd
+        self.nodes = {n.name: n for n in gd.node}
+
+    def rename(self, old: str, new: str) -> None:
+        if old == new:
+            return
+        node = self.nodes.pop(old)
+        node.name = new
+        self.nodes[new] = node
+        self.rewire(old, new)
+
+    def rewire(self, old: str, new: str) -> None:
+        """Every reader of node `old`'s first output (or control edge, or colocation) reads `new` instead."""
+        loc, new_loc = f"loc:@{old}".encode(), f"loc:@{_node_name(new)}".encode()
+        for n in self.gd.node:
+            for i, inp in enumerate(n.input):
+                if inp in (old, f"{old}:0"):
+                    n.input[i] = new
+                elif inp == f"^{old}":
+                    n.input[i] = f"^{_node_name(new)}"
+            if "_class" in n.attr:
+                places = n.attr["_class"].list.s
+                for i, place in enumerate(places):
+                    if place == loc:
+                        places[i] = new_loc
+
+    def placeholder(self, name: str, dtype: int, shape: list[int | None], replace: bool = False) -> str:
+        from tensorflow.python.framework import tensor_shape
+
+        node = self.nodes[name] if replace else self._add(name, "Placeholder")
+        node.attr.clear()
+        node.attr["dtype"].type = dtype
+        node.attr["shape"].shape.CopyFrom(tensor_shape.TensorShape(shape).as_proto())
+        return name
+
+    def const(self, name: str, value) -> str:
+        from tensorflow.python.framework import tensor_util
+
+        node = self._add(name, "Const")
+        proto = tensor_util.make_tensor_proto(np.asarray(value, np.float32) if not isinstance(value, np.ndarray)
+                                              else value)
+        node.attr["dtype"].type = proto.dtype
+        node.attr["value"].tensor.CopyFrom(proto)
+        return name
+
+    def op(self, name: str, op: str, inputs: list[str], **types) -> str:
+        """A node of `op` reading `inputs`; `types` its type attributes (default: T float32)."""
+        from tensorflow.core.framework import types_pb2
+
+        node = self._add(name, op)
+        node.input.extend(inputs)
+        for key, value in (types or {"T": types_pb2.DT_FLOAT}).items():
+            node.attr[key].type = value
+        return name
+
+    def _add(self, name: str, op: str):
+        node = self.gd.node.add(name=name, op=op)
+        self.nodes[name] = node
+        return node
 
 
 def _layout(graph_def, input_tensor: str, shape: list[int | None], by_shape: str) -> tuple[str, str]:
@@ -260,10 +363,10 @@ def _expected_xca(meta: dict | None, arch: str | None, found: int) -> tuple[int,
     return found, "XCA structures in the graph"
 
 
-def _fusion(path: Path, gd, frozen, out_tensor: str, in_shape, meta: dict | None, arch: str | None,
-            allow_partial: bool):
+def _fusion(path: Path, frozen: Frozen, in_tensor: str, out_tensor: str, in_shape, meta: dict | None,
+            arch: str | None, allow_partial: bool) -> tuple[Frozen, XcaRecord]:
     """Fuse every XCA; refuse (exit 1) when fewer blocks fuse than the model has."""
-    gd, report = fuse_xca(gd, frozen.inputs[0].name, in_shape, out_tensor)
+    frozen, report = fuse_xca(frozen, in_tensor, in_shape, out_tensor)
     expected = _expected_xca(meta, arch, report.found)
     info = _fusion_info(report, expected)
     if report.fused != expected[0]:
@@ -272,7 +375,7 @@ def _fusion(path: Path, gd, frozen, out_tensor: str, in_shape, meta: dict | None
         if not allow_partial:
             raise ConversionError(msg + "; pass --allow-partial-fusion to accept or --no-fuse to skip fusion")
         log.warning("%s (accepted: --allow-partial-fusion)", msg)
-    return gd, info
+    return frozen, info
 
 
 def _fusion_info(report: FusionReport | None, expected: tuple[int, str]) -> XcaRecord:
@@ -306,55 +409,54 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
         UsageError: not a loadable SavedModel, no image signature, refused ops, an unknown variant.
         ConversionError: fewer XCA blocks fused than the model has (without allow_partial_fusion).
     """
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
     path = Path(path)
     loaded = _load(path, trust_model)
     key, sig = _pick_signature(loaded, path, signature)
     in_name, in_shape, layout = _image_input(sig, path)
     out_key = _pick_output(sig, path, output_key)
-    frozen = convert_variables_to_constants_v2(sig)
-    out_tensor = frozen.outputs[_flat_output_index(sig, out_key)].name
-    gd, rewrites = canonical(frozen.graph.as_graph_def(), GraphSite(frozen.inputs[0].name, in_shape,
-                                                                    [_node_name(out_tensor)]))
-    layout, layout_origin = _layout(gd, frozen.inputs[0].name, in_shape, layout)
     out_shape = sig.structured_outputs[out_key].shape.as_list()
+    fs = freeze_signature(sig)
+    in_tensor, out_tensor = fs.input_tensor, fs.output_tensors[_flat_output_index(sig, out_key)]
+    del loaded, sig  # the weights now live once, in fs.frozen.weights
+    gc.collect()
+    frozen, rewrites = canonical(fs.frozen, GraphSite(in_tensor, in_shape, [_node_name(out_tensor)]))
+    del fs
+    layout, layout_origin = _layout(frozen.graph_def, in_tensor, in_shape, layout)
     img_size = in_shape[1 + layout[1:].index("H")]
     out_dim = out_shape[-1] if out_shape and out_shape[-1] else None
     meta = read_metadata(path)
-    arch, arch_origin, features = _identify(path, meta, img_size, out_dim, gd, allow_unknown)
+    arch, arch_origin, features = _identify(path, meta, img_size, out_dim, frozen.graph_def, allow_unknown)
     if fuse:
-        gd, xca = _fusion(path, gd, frozen, out_tensor, in_shape, meta, arch, allow_partial_fusion)
+        frozen, xca = _fusion(path, frozen, in_tensor, out_tensor, in_shape, meta, arch, allow_partial_fusion)
     else:
-        xca = _fusion_info(None, _expected_xca(meta, arch, count_structural(gd)))
-    inner = _inner_function(gd, frozen.inputs[0].name, out_tensor)
-    del loaded, sig, frozen, gd  # before the adapted copy is made: a peak of ten model copies fewer
-    gc.collect()
+        xca = _fusion_info(None, _expected_xca(meta, arch, count_structural(frozen.graph_def)))
     if preprocessing is not None:
         pre, pre_origin = preprocessing, "given on the command line"
     else:
         pre, pre_origin = preprocessing_of(path, img_size)
     if layout != "NHWC":
         pre = Preprocessing(**{**pre.to_dict(), "layout": layout, "size": tuple(pre.size)})
-    fn = _adapted(inner, in_shape, layout, pre, bake_preprocessing)
-
-    def factory(batch: int):
-        return _adapted(inner, [batch, *in_shape[1:]], layout, pre, bake_preprocessing)
-
-    final_gd = fn.graph.as_graph_def()
-    in_spec = fn.inputs[0]
-    log.info("prepared %s (%s, signature %s, output %s)", path, arch or "unknown XCiT", key, out_key)
+    final = _adapted(frozen, in_tensor, out_tensor, in_shape, layout, pre, bake_preprocessing)
+    in_node = next(n for n in final.graph_def.node if n.name == "input")
+    log.info("prepared %s (%s, signature %s, output %s; weights %.1f MB held apart from the graph)", path,
+             arch or "unknown XCiT", key, out_key, final.nbytes() / 1e6)
     return PreparedGraph(
-        fn=fn, graph_def=final_gd, input_tensor=in_spec.name, output_tensor=fn.outputs[0].name,
-        input_shape=in_spec.shape.as_list(), input_dtype=in_spec.dtype.name,
-        output_shape=fn.outputs[0].shape.as_list(), layout=layout, layout_origin=layout_origin, preprocessing=pre,
+        frozen=final, input_tensor="input:0", output_tensor="output:0",
+        input_shape=[None if d.size < 0 else int(d.size) for d in in_node.attr["shape"].shape.dim],
+        input_dtype=_dtype_name(in_node.attr["dtype"].type), output_shape=out_shape,
+        layout=layout, layout_origin=layout_origin, preprocessing=pre,
         preprocessing_origin=pre_origin, baked=bake_preprocessing, arch=arch, arch_origin=arch_origin,
         features=features, labels=_labels(meta, out_dim, features), source=path, signature_key=key,
         output_key=out_key, signature_input=in_name,
         rewrites={**rewrites, "xca_fused": xca.fused},
         xca=xca,
-        factory=factory,
     )
+
+
+def _dtype_name(enum: int) -> str:
+    from tensorflow.python.framework import dtypes
+
+    return dtypes.as_dtype(enum).name
 
 
 def _node_name(tensor: str) -> str:

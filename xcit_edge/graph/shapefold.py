@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xcit_edge.graph.index import base_name
+from xcit_edge.graph.weights import as_frozen, is_weight, like
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,9 @@ def classify(graph_def, input_node: str) -> dict[str, str]:
     kind: dict[str, str] = {}
     for node in topological(graph_def):
         data = [kind.get(base_name(i), "value") for i in node.input if not i.startswith("^")]
-        if node.name == input_node or (not data and node.op != "Const"):
+        if node.name == input_node or (not data and node.op != "Const" and not is_weight(node)):
             kind[node.name] = "value"  # the input, or a source we know nothing of (placeholders, random ops)
-        elif node.op == "Const":
+        elif node.op == "Const" or is_weight(node):
             kind[node.name] = "const"
         elif node.op in SHAPE_OPS:
             kind[node.name] = "const" if all(k == "const" for k in data) else "shape"
@@ -224,21 +225,24 @@ class _Writer:
         return node.name
 
 
-def fold_shape_math(graph_def, input_tensor: str, input_shape: list[int | None], keep: list[str]):
-    """Replace the predictable shape-derived tensors of `graph_def`; returns (graph_def, FoldReport)."""
+def fold_shape_math(graph, input_tensor: str, input_shape: list[int | None], keep: list[str]):
+    """Replace the predictable shape-derived tensors of `graph` (a `Frozen` graph or a GraphDef); returns
+    (the graph, of the kind given, FoldReport)."""
     from tensorflow.core.framework import graph_pb2
     from tensorflow.python.framework import graph_util
 
     from xcit_edge.graph.run import run_graph_inputs
 
+    frozen = as_frozen(graph)
+    graph_def = frozen.graph_def
     input_node = base_name(input_tensor)
     frontier = _frontier(graph_def, classify(graph_def, input_node))
     report = FoldReport()
     if not frontier:
-        return graph_def, report
+        return graph, report
     batches = _BATCHES if input_shape[0] is None else (input_shape[0],)
     names = sorted(frontier)
-    runs = run_graph_inputs(graph_def, input_tensor, [np.zeros([b, *input_shape[1:]], np.float32) for b in batches],
+    runs = run_graph_inputs(frozen, input_tensor, [np.zeros([b, *input_shape[1:]], np.float32) for b in batches],
                             names)
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
@@ -269,4 +273,4 @@ def fold_shape_math(graph_def, input_tensor: str, input_shape: list[int | None],
                  "%d batch tiles)", report.folded, report.const, report.reshape, report.linear, report.tiled)
     if report.left:
         log.info("left %d shape-derived tensors unfolded (first: %s)", len(report.left), report.left[0])
-    return (out if report.folded else graph_def), report
+    return (like(graph, frozen.with_graph(out)) if report.folded else graph), report

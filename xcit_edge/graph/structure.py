@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from xcit_edge.graph.weights import is_weight, weight_shape
 from xcit_edge.model.zoo import FAMILIES, FIXTURE, PATCH_SIZES
 
 CLASS_ATTENTION_BLOCKS = 2
@@ -67,8 +68,11 @@ def _strides(node) -> tuple[int, int] | None:
 
 
 def _shape_of_const(node) -> list[int] | None:
-    if node.op != "Const" or node.attr["dtype"].type not in _FLOAT_DTYPES:
+    """The shape of a float constant: a Const, or a weight held apart (`graph.weights`)."""
+    if node.op not in ("Const", "Placeholder") or node.attr["dtype"].type not in _FLOAT_DTYPES:
         return None
+    if node.op == "Placeholder":
+        return weight_shape(node) if is_weight(node) else None
     return [int(d.size) for d in node.attr["value"].tensor.tensor_shape.dim]
 
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from xcit_edge.graph.index import GraphIndex, base_name, data_inputs
 from xcit_edge.graph.run import run_graph
+from xcit_edge.graph.weights import as_frozen, like
 from xcit_edge.graph.xca_names import PREFIX
 from xcit_edge.metrics import rel_max_err
 
@@ -336,8 +337,9 @@ def count_structural(graph_def) -> int:
     return len(_find_sites(GraphIndex(graph_def)))
 
 
-def fuse_xca(graph_def, input_tensor: str, input_shape: list[int | None], output_tensor: str):
-    """Rewrite every verified XCA block of a frozen GraphDef; returns (graph_def, FusionReport).
+def fuse_xca(graph, input_tensor: str, input_shape: list[int | None], output_tensor: str):
+    """Rewrite every verified XCA block of a frozen graph (a `Frozen` graph or a GraphDef); returns (the
+    graph, of the kind given, FusionReport).
 
     The result is checked as a whole on the probe input: if its output drifts from the
     original's by more than 1e-5 (relative max error) nothing is rewritten.
@@ -345,6 +347,8 @@ def fuse_xca(graph_def, input_tensor: str, input_shape: list[int | None], output
     from tensorflow.core.framework import graph_pb2
     from tensorflow.python.framework import graph_util
 
+    frozen = as_frozen(graph)
+    graph_def = frozen.graph_def
     g = GraphIndex(graph_def)
     sites = _find_sites(g)
     report = FusionReport(found=len(sites))
@@ -354,10 +358,10 @@ def fuse_xca(graph_def, input_tensor: str, input_shape: list[int | None], output
             report.skipped[s.softmax] = s.reason
             log.info("XCA at %s not fused: %s (%s)", s.softmax, s.reason, s.stop)
     if not ready:
-        return graph_def, report
+        return graph, report
     probe = _probe_input(input_shape)
     fetch = [f"{n}:0" for s in ready for n in (s.x, s.gram, s.z)] + [output_tensor]
-    values = run_graph(graph_def, input_tensor, probe, fetch)
+    values = run_graph(frozen, input_tensor, probe, fetch)
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
     fused = 0
@@ -371,14 +375,15 @@ def fuse_xca(graph_def, input_tensor: str, input_shape: list[int | None], output
         _rewire(out, s.z, new)
         fused += 1
     if not fused:
-        return graph_def, report
+        return graph, report
     out = graph_util.extract_sub_graph(out, [base_name(output_tensor)])
+    out = frozen.with_graph(out)
     (after,) = run_graph(out, input_tensor, probe, [output_tensor])
     report.max_rel_err = rel_max_err(after, values[-1])
     if report.max_rel_err > 1e-5:
         log.warning("XCA fusion changed the output by %.2g (relative); graph left unfused", report.max_rel_err)
         report.skipped = {s.softmax: "whole-graph check failed" for s in sites}
-        return graph_def, report
+        return graph, report
     report.fused = fused
     log.info("fused %d of %d XCA blocks (output rel. max error %.2g)", fused, len(sites), report.max_rel_err)
-    return out, report
+    return like(graph, out), report

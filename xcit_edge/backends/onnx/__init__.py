@@ -1,4 +1,4 @@
-"""ONNX via tf2onnx from the frozen GraphDef; checked with `onnx.checker`, run in ONNX Runtime.
+"""ONNX via tf2onnx from the frozen GraphDef (`onnx/export.py`); checked with `onnx.checker`, run in ONNX Runtime.
 
 Float targets with `optimize = true` get `onnx/rewrites/`'s rewrites (LayerNormalization,
 Tensordot folding, GELU in the form ONNX Runtime fuses), each verified on a probe input.
@@ -27,6 +27,7 @@ import numpy as np
 
 from xcit_edge.backends import register
 from xcit_edge.backends.base import FLOAT, Conversion, QuantMode, op_counts, zeros_input
+from xcit_edge.backends.onnx.export import tf_to_onnx
 from xcit_edge.backends.onnx.functions import count_xca, package_xca
 from xcit_edge.backends.onnx.index import OnnxIndex
 from xcit_edge.backends.onnx.rewrites import optimize
@@ -38,29 +39,12 @@ log = logging.getLogger(__name__)
 DEFAULT_OPSET = 17  # LayerNormalization (what `rewrites` fuses LayerNorms into) needs opset 17
 
 
-def _rename_io(model, old_in: str, old_out: str) -> None:
-    """tf2onnx names I/O after TF tensors (`input:0`); artifacts expose `input` and `output`."""
-    renames = {old_in: "input", old_out: "output"}
-    for vi in list(model.graph.input) + list(model.graph.output):
-        vi.name = renames.get(vi.name, vi.name)
-    for node in model.graph.node:
-        node.input[:] = [renames.get(n, n) for n in node.input]
-        node.output[:] = [renames.get(n, n) for n in node.output]
-    for vi in list(model.graph.input) + list(model.graph.output):
-        for dim in vi.type.tensor_type.shape.dim:
-            if dim.dim_param.startswith("unk__"):
-                dim.dim_param = "batch"
-
-
 def to_onnx(graph, opset: int):
-    """The prepared graph as a checked ONNX ModelProto (float32), converted once per graph and opset
-    (onnx and onnx-int8 start from the same model)."""
+    """The prepared graph as a checked ONNX ModelProto (float32), converted once per graph and opset and
+    kept on disk (`graph.scratch()`) between targets: onnx, onnx-int8 and OpenVINO start from the same model."""
     import onnx
 
-    key = ("onnx", opset)
-    if key not in graph.cache:
-        graph.cache[key] = _tf2onnx(graph, opset).SerializeToString()
-    return onnx.load_from_string(graph.cache[key])
+    return onnx.load(str(_shared_file(graph, ("onnx", opset), lambda: tf_to_onnx(graph, opset))))
 
 
 def optimized_onnx(graph, opset: int, skip: tuple[str, ...] = ()) -> tuple[object, dict]:
@@ -70,26 +54,37 @@ def optimized_onnx(graph, opset: int, skip: tuple[str, ...] = ()) -> tuple[objec
 
     key = ("onnx-optimized", opset, tuple(skip))
     if key not in graph.cache:
-        model, rewrites = optimize(to_onnx(graph, opset), tuple(skip))
-        graph.cache[key] = (model.SerializeToString(), rewrites)
-    data, rewrites = graph.cache[key]
-    return onnx.load_from_string(data), dict(rewrites)
+        rewrites = {}
+
+        def make():
+            model = to_onnx(graph, opset)
+            log.debug("onnx: rewriting")
+            model, counts = optimize(model, tuple(skip))
+            rewrites.update(counts)
+            return model
+
+        _shared_file(graph, key, make)
+        graph.cache[(*key, "rewrites")] = rewrites
+    return onnx.load(str(graph.cache[key])), dict(graph.cache[(*key, "rewrites")])
 
 
-def _tf2onnx(graph, opset: int):
+def _shared_file(graph, key: tuple, make) -> Path:
+    """The ModelProto `make()` returns, checked and saved once per graph under `key` (its path cached)."""
     import onnx
-    from tf2onnx import convert as tf2onnx_convert
 
-    model, _ = tf2onnx_convert.from_graph_def(
-        graph.graph_def, input_names=[graph.input_tensor], output_names=[graph.output_tensor], opset=opset,
-    )
-    _rename_io(model, graph.input_tensor, graph.output_tensor)
-    model.producer_name = "xcit-edge (tf2onnx)"
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ConversionError(f"tf2onnx produced an invalid ONNX model: {first_line(e)}") from e
-    return model
+    if key not in graph.cache:
+        path = graph.scratch() / ("-".join(str(k) for k in key) + ".onnx")
+        model = make()
+        log.debug("%s: saving", key[0])
+        onnx.save(model, str(path))
+        del model
+        log.debug("%s: checking", key[0])
+        try:  # from the file: no second copy of the model in this process
+            onnx.checker.check_model(str(path), full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            raise ConversionError(f"tf2onnx produced an invalid ONNX model ({key[0]}): {first_line(e)}") from e
+        graph.cache[key] = path
+    return graph.cache[key]
 
 
 class _Reader:
@@ -229,10 +224,13 @@ def _float_model(graph, spec, opset: int) -> tuple[object, str, dict]:
     """The float ONNX model a float or dynamic target ships (optimized, XCA as function nodes unless inlined)."""
     import onnx
 
-    model, form, details = to_onnx(graph, opset), "inlined", {}
     if spec.options.get("optimize", False):
         # optimize_skip: rewrites left out (benchmarks/peers.py measures each one off)
+        details = {}
         model, details["rewrites"] = optimized_onnx(graph, opset, tuple(spec.options.get("optimize_skip", ())))
+    else:
+        model, details = to_onnx(graph, opset), {}
+    form = "inlined"
     if not spec.options.get("inline_functions"):
         model, packaged = package_xca(model)
         form = "function" if packaged else form

@@ -77,18 +77,18 @@ def optimize(model, skip: tuple[str, ...] = ()) -> tuple[object, dict]:
     if unknown:
         raise SpecError(f"optimize_skip: unknown ONNX rewrite(s) {', '.join(unknown)} "
                         f"(known: {', '.join(REWRITES)})")
-    original = onnx.ModelProto()
-    original.CopyFrom(model)
+    out = model.graph.output[0].name
+    original = model.SerializeToString()  # what is returned if the rewrites are refused (bytes: no arena copy)
+    before = probe(model, [out])[out]
     counts = {}
     for name, rewrite in PASSES:
         model, counts[name] = (model, 0) if name in skip else rewrite(model)
     if not any(counts.values()):
-        return original, counts
-    out = original.graph.output[0].name
-    before, after = probe(original, [out])[out], probe(model, [out])[out]
+        return onnx.load_from_string(original), counts
+    after = probe(model, [out])[out]
     err = rel_max_err(after, before)
     if err > _RTOL:
         log.warning("ONNX rewrites changed the output by %.2g (relative); not applied", err)
-        return original, {**dict.fromkeys(counts, 0), "rejected_rel_err": err}
+        return onnx.load_from_string(original), {**dict.fromkeys(counts, 0), "rejected_rel_err": err}
     log.info("ONNX rewrites %s (output rel. max error %.2g)", counts, err)
     return model, {**counts, "rel_err": err}

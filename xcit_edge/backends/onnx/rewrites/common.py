@@ -8,20 +8,24 @@ from xcit_edge.backends.onnx.index import OnnxIndex
 
 
 def probe(model, tensors: list[str], seed: int = 0) -> dict[str, np.ndarray]:
-    """Values of `tensors` on a seeded input (batch 2 when the batch is dynamic)."""
+    """Values of `tensors` on a seeded input (batch 2 when the batch is dynamic). The tensors are made graph
+    outputs for the run and taken off again: the model is not copied (its weights are most of it)."""
     import onnx
     import onnxruntime as ort
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    known = {o.name for o in m.graph.output}
+    outputs = model.graph.output
+    n_outputs = len(outputs)
+    known = {o.name for o in outputs}
     for t in dict.fromkeys(tensors):
         if t not in known:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+            outputs.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    finally:
+        del outputs[n_outputs:]
     inp = sess.get_inputs()[0]
     shape = [d if isinstance(d, int) and d > 0 else 2 for d in inp.shape]
     rng = np.random.default_rng(seed)
@@ -90,10 +94,15 @@ def drop_unused(model) -> None:
             break
         for n in dead:
             model.graph.node.remove(n)
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    _remove_where(model.graph.initializer, lambda t: t.name not in used)
     produced = {o for n in model.graph.node for o in n.output}
-    keep_vi = [v for v in model.graph.value_info if v.name in produced]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(keep_vi)
+    _remove_where(model.graph.value_info, lambda v: v.name not in produced)
+
+
+def _remove_where(items, dead) -> None:
+    """Delete the `dead` elements of a repeated protobuf field in place. Not `del items[:]` and `extend`:
+    with protobuf's upb backend that copies every kept element (every weight, for initializers) into the
+    message's arena, where the old copies stay until the model itself is freed."""
+    for i in reversed(range(len(items))):
+        if dead(items[i]):
+            del items[i]
