@@ -1,5 +1,5 @@
 """Resident memory after each step of `graph.prepare` (load, freeze, the canonical rewrites, XCA fusion, the
-adapted function): where the model term of `xcit_edge/util/memory.py` (48 x the SavedModel's bytes) comes from.
+adapted graph, a self-contained GraphDef of it): the prepare part of `xcit_edge/util/memory.py`'s model term.
 
 The steps are `graph/freeze.py`'s own, called in its order on a SavedModel built with seeded weights; VmRSS
 and VmHWM (peak) are read from /proc/self/status after each, printed with their growth as a multiple of
@@ -40,9 +40,11 @@ def main() -> None:
     from xcit_edge.util.tfimport import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    import gc
 
     from xcit_edge.graph import freeze as fz
+    from xcit_edge.graph.rewrites import GraphSite, canonical
+    from xcit_edge.graph.weights import freeze_signature
     from xcit_edge.model.savedmodel import read_metadata
     from xcit_edge.util.memory import tree_bytes
 
@@ -66,22 +68,20 @@ def main() -> None:
     report("load")
     _, sig = fz._pick_signature(loaded, sm, None)
     in_shape = fz._image_input(sig, sm)[1]
-    frozen = convert_variables_to_constants_v2(sig)
+    fs = freeze_signature(sig)
+    del loaded, sig
+    gc.collect()
     report("freeze")
-    out_tensor = frozen.outputs[0].name
-    from xcit_edge.graph.rewrites import GraphSite, canonical
-
-    gd, _ = canonical(frozen.graph.as_graph_def(), GraphSite(frozen.inputs[0].name, in_shape,
-                                                             [fz._node_name(out_tensor)]))
+    in_tensor, out_tensor = fs.input_tensor, fs.output_tensors[0]
+    frozen, _ = canonical(fs.frozen, GraphSite(in_tensor, in_shape, [fz._node_name(out_tensor)]))
     report("canonical rewrites")
     meta = read_metadata(sm)
-    gd, _ = fz._fusion(sm, gd, frozen, out_tensor, in_shape, meta, meta["arch"], False)
+    frozen, _ = fz._fusion(sm, frozen, in_tensor, out_tensor, in_shape, meta, meta["arch"], False)
     report("xca fusion")
-    inner = fz._inner_function(gd, frozen.inputs[0].name, out_tensor)
-    report("inner function")
-    fn = fz._adapted(inner, in_shape, "NHWC", fz.preprocessing_of(sm)[0], False)
-    fn.graph.as_graph_def()
-    report("adapted + GraphDef")
+    final = fz._adapted(frozen, in_tensor, out_tensor, in_shape, "NHWC", fz.preprocessing_of(sm)[0], False)
+    report("adapted")
+    final.materialized()
+    report("materialized")
 
 
 if __name__ == "__main__":

@@ -123,13 +123,13 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-_PROGRESS_LINE = re.compile(r"^\[\d+:\d\d\] .* \(\d+/\d+\)$")  # the CLI's progress off a terminal
+PROGRESS_LINE = re.compile(r"^\[\d+:\d\d\] .* \(\d+/\d+\)$")  # the CLI's progress off a terminal
 
 
 def one_line_error(result, code=2):
     """Assert a failure printed exactly one `error:` line (no traceback) with exit `code`."""
     assert result.exit_code == code, result.output
-    lines = [ln for ln in result.stderr.strip().splitlines() if not _PROGRESS_LINE.match(ln)]
+    lines = [ln for ln in result.stderr.strip().splitlines() if not PROGRESS_LINE.match(ln)]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     return lines[0]
 

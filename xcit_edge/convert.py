@@ -23,6 +23,7 @@ import numpy as np
 from xcit_edge.artifact.manifest import LABELS_FILE, MANIFEST, Manifest, file_entries, library_versions, write_manifest
 from xcit_edge.artifact.smoke import smoke
 from xcit_edge.backends import backend
+from xcit_edge.backends.base import calibration_progress
 from xcit_edge.data.calibration import CalibrationSet, load_calibration
 from xcit_edge.data.preprocessing import Preprocessing
 from xcit_edge.errors import ConversionError, OutputError, UsageError, XcitEdgeError, first_line
@@ -43,7 +44,8 @@ DEFAULT_CALIBRATION_IMAGES = 100
 DROP_CHECK_IMAGES = 200  # --max-drop measures on this many decoded images (a point is 2 images)
 MIN_FREE_BYTES = 1 << 20
 
-# progress(event, done, total): events "calibration" (images decoded) and "target" (targets done)
+# progress(event, done, total): events "prepare" (graph.PREPARE_STEPS done), "calibration" (images decoded),
+# "target" (targets done) and "quantize" (calibration images a quantizer ran, per pass)
 Progress = Callable[[str, int, int], None]
 
 
@@ -269,7 +271,8 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
     graph = prepare(src.path, signature=opts.signature, output_key=opts.output_key,
                     preprocessing=opts.preprocessing, bake_preprocessing=opts.bake_preprocessing,
                     allow_unknown=opts.allow_unknown_model, fuse=opts.fuse,
-                    allow_partial_fusion=opts.allow_partial_fusion, trust_model=opts.trust_model)
+                    allow_partial_fusion=opts.allow_partial_fusion, trust_model=opts.trust_model,
+                    progress=(lambda d, n: progress("prepare", d, n)) if progress else None)
     if opts.max_drop is not None and graph.features:
         raise UsageError("--max-drop measures a top-1 drop: it needs a classifier, not a feature extractor")
     targets = [_with_options(t, opts) for t in targets]
@@ -290,8 +293,10 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
         if progress:
             progress("target", i, len(targets))
         log.info("converting to %s", spec.name)
+        report = (lambda d, n: progress("quantize", d, n)) if progress and spec.calibrated else None
         try:
-            results.append(_convert_one(spec, graph, cal, calib_inputs, ref, source_info, out, opts, drop_check))
+            with calibration_progress(report):
+                results.append(_convert_one(spec, graph, cal, calib_inputs, ref, source_info, out, opts, drop_check))
         except ConversionError as e:  # this target failed; the others may not
             log.error("%s", e)
             results.append(ArtifactResult(spec.name, out / spec.name, None, error=str(e)))

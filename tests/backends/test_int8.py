@@ -144,7 +144,7 @@ def test_manifest_says_how_each_artifact_was_quantized(fixture_artifacts):
     # min_weight_elements 1024: the fixture's stem conv (3 -> 16 channels, 432 weights) and its head
     # (64 -> 10, 640) stay float; every other FC / conv is quantized
     kept = [r["regex"] for r in recipe if r["algorithm_key"] == "no_quantize"]
-    assert len(kept) == 2 and "patch_embed_1/proj\\.0_1" in kept[0] and kept[1] == "^Identity;", kept
+    assert len(kept) == 2 and "patch_embed_1/proj\\.0_1" in kept[0] and kept[1] == "^output;", kept
     assert any(k.startswith("BATCH_MATMUL") for k in tfl["kept_float"])  # XCA's activation products
     assert tfl["calibration"]["images"] == 200
     dyn = manifest("tflite-dynamic-int8")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURE_WEIGHTS, images, one_line_error, rel_max_err, run, timm_forward
+from conftest import FIXTURE_WEIGHTS, PROGRESS_LINE, images, one_line_error, rel_max_err, run, timm_forward
 
 from xcit_edge.backends import backend
 from xcit_edge.data.calibration import normalize
@@ -401,16 +401,28 @@ def test_progress_off_a_terminal_is_one_line_per_step(capsys):
     from xcit_edge.cli.convert import _convert_stage
     from xcit_edge.cli.progress import Bars as _Bars
 
-    bars = _Bars(quiet=False, describe=_convert_stage(["onnx", "openvino"]), tty=False)
+    bars = _Bars(quiet=False, describe=_convert_stage(["onnx", "onnx-int8"]), tty=False)
     with bars.bar:
+        for done in range(6):
+            bars("prepare", done, 5)
         for i in range(50):
             bars("calibration", i + 1, 50)
-        for done in (0, 1, 2):
-            bars("targets", done, 2)
+        bars("targets", 0, 2)
+        bars("targets", 1, 2)
+        for i in range(20):
+            bars("quantize", i + 1, 20)
+        bars("targets", 2, 2)
     lines = capsys.readouterr().err.splitlines()
     steps = [line.split("] ", 1)[1] for line in lines]
-    assert steps == ["calibration images (1/50)", "calibration images (50/50)", "converting onnx (0/2)",
-                     "converting openvino (1/2)", "targets done (2/2)"], lines
+    quantizing = [s for s in steps if s.startswith("quantizing onnx-int8: calibration images, about ")]
+    assert steps[:5] == ["preparing the graph: loading the SavedModel (0/5)", "preparing the graph: freezing (1/5)",
+                         "preparing the graph: canonical rewrites (2/5)", "preparing the graph: fusing XCA (3/5)",
+                         "preparing the graph: adapting the input (4/5)"], lines
+    assert [s for s in steps if not s.startswith(("preparing", "quantizing"))] == [
+        "graph prepared (5/5)", "calibration images (1/50)", "calibration images (50/50)", "converting onnx (0/2)",
+        "converting onnx-int8 (1/2)", "targets done (2/2)"], lines
+    assert [q.rsplit(" (", 1)[1] for q in quantizing] == [f"{n}/20)" for n in range(2, 21, 2)], lines
+    assert all(PROGRESS_LINE.match(line) for line in lines), lines
     assert _Bars(quiet=True, tty=False).lines is False
 
 

@@ -14,7 +14,9 @@ costs no TensorFlow or runtime import, so the CLI can check a target name before
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +38,40 @@ class QuantMode:
 
 
 FLOAT = QuantMode("none")
+
+# (images done, images in the pass): set by `convert` around a calibrated conversion
+_CALIBRATION_PROGRESS: ContextVar[Callable[[int, int], None] | None] = ContextVar("calibration_progress",
+                                                                                 default=None)
+
+
+@contextmanager
+def calibration_progress(report: Callable[[int, int], None] | None):
+    """While converting: `report(done, total)` after each calibration image a quantizer runs (the long
+    step of an int8 target of a large model: minutes, so a person sees it move and how long is left)."""
+    token = _CALIBRATION_PROGRESS.set(report)
+    try:
+        yield
+    finally:
+        _CALIBRATION_PROGRESS.reset(token)
+
+
+class Calibration:
+    """Calibration inputs a quantizer iterates (ONNX Runtime's reader, TFLite's representative dataset,
+    NNCF's dataset), reporting each image of each pass to `calibration_progress`'s callback."""
+
+    def __init__(self, items):
+        self.items = items
+        self._report = _CALIBRATION_PROGRESS.get()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator:
+        total = len(self.items)
+        for i, item in enumerate(self.items):
+            yield item
+            if self._report:
+                self._report(i + 1, total)
 
 
 @dataclass

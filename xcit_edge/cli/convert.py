@@ -13,9 +13,18 @@ from xcit_edge.cli.progress import Bars
 
 
 def _convert_stage(targets: list[str]):
+    current = {"target": 0}
+
     def describe(stage: str, done: int, total: int) -> str:
+        if stage == "prepare":
+            from xcit_edge.graph import PREPARE_STEPS
+
+            return f"preparing the graph: {PREPARE_STEPS[done]}" if done < total else "graph prepared"
         if stage == "calibration":
             return "calibration images"
+        if stage == "quantize":
+            return f"quantizing {targets[current['target']]}: calibration images"
+        current["target"] = min(done, len(targets) - 1)
         return f"converting {targets[done]}" if done < total else "targets done"
 
     return describe

@@ -13,18 +13,19 @@ class Bars:
     long phase is never minutes of silence; nothing under --quiet."""
 
     def __init__(self, quiet: bool, describe=None, tty: bool | None = None):
+        from rich import progress as rp
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         tty = sys.stderr.isatty() if tty is None else tty
         self.describe = describe or (lambda stage, done, total: stage)
-        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=Console(stderr=True, quiet=quiet or not tty),
-                            transient=False)
+        self.bar = rp.Progress(rp.SpinnerColumn(), rp.TextColumn("{task.description}"), rp.BarColumn(),
+                               rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
+                               console=Console(stderr=True, quiet=quiet or not tty), transient=False)
         self.tasks: dict[str, int] = {}
         self.lines = not quiet and not tty
         self.last: tuple[str, str, bool] | None = None
         self.start = time.monotonic()
+        self.pass_start: float | None = None  # when the current pass over calibration images began
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         desc = self.describe(stage, done, total)
@@ -35,13 +36,34 @@ class Bars:
             self._line(stage, desc, done, total)
 
     def _line(self, stage: str, desc: str, done: int, total: int) -> None:
-        """One line when the step changes and when a stage completes (not one per calibration image)."""
+        """One line when the step changes and when a stage completes (not one per calibration image); for a
+        quantizer's pass over the calibration images, one per tenth of it with the time left."""
+        now = time.monotonic()
+        if stage == "quantize":
+            self._pass_line(desc, done, total, now)
+            return
         key = (stage, desc, done >= total)
         if key == self.last:
             return
         self.last = key
-        elapsed = int(time.monotonic() - self.start)
-        click.echo(f"[{elapsed // 60}:{elapsed % 60:02d}] {desc} ({done}/{total})", err=True)
+        click.echo(f"[{_clock(now - self.start)}] {desc} ({done}/{total})", err=True)
+
+    def _pass_line(self, desc: str, done: int, total: int, now: float) -> None:
+        if done <= 1 or self.pass_start is None:
+            self.pass_start = now  # a new pass (a quantizer may run the images more than once)
+            self.last = ("quantize", desc, False)
+            return
+        tenth = max(1, total // 10)
+        if done % tenth and done != total:
+            return
+        left = (now - self.pass_start) / (done - 1) * (total - done)
+        click.echo(f"[{_clock(now - self.start)}] {desc}, about {_clock(left)} left in this pass ({done}/{total})",
+                   err=True)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 60}:{s % 60:02d}"
 
 
 def run_stage(stage: str, done: int, total: int) -> str:

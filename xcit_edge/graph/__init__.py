@@ -4,6 +4,6 @@ Every target backend starts from the same `PreparedGraph`, so a rewrite done her
 GELU canonicalization, the XCA fusion) is inherited by all of them.
 """
 
-from xcit_edge.graph.freeze import PreparedGraph, prepare
+from xcit_edge.graph.freeze import PREPARE_STEPS, PreparedGraph, prepare
 
-__all__ = ["PreparedGraph", "prepare"]
+__all__ = ["PREPARE_STEPS", "PreparedGraph", "prepare"]

@@ -385,10 +385,13 @@ def _fusion_info(report: FusionReport | None, expected: tuple[int, str]) -> XcaR
                      found=report.found, skipped=dict(report.skipped), max_rel_err=report.max_rel_err)
 
 
+PREPARE_STEPS = ("loading the SavedModel", "freezing", "canonical rewrites", "fusing XCA", "adapting the input")
+
+
 def prepare(path: Path, *, signature: str | None = None, output_key: str | None = None,
             preprocessing: Preprocessing | None = None, bake_preprocessing: bool = False,
             allow_unknown: bool = False, fuse: bool = True, allow_partial_fusion: bool = False,
-            trust_model: bool = False) -> PreparedGraph:
+            trust_model: bool = False, progress=None) -> PreparedGraph:
     """The SavedModel at `path` as the one graph every backend converts from.
 
     Checks its ops before loading (`source.safety.check_ops`), loads and checks the signature (one image
@@ -403,6 +406,7 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
         allow_unknown: accept a structure that is no known XCiT variant.
         fuse, allow_partial_fusion: fuse XCA; accept fewer fused blocks than the model has.
         trust_model: run a graph whose ops reach outside it (files, network, Python).
+        progress: called as (step done, PREPARE_STEPS' length) before each step and at the end.
     Returns:
         The PreparedGraph (frozen GraphDef, its I/O, preprocessing, variant, rewrite counts, `xca` record).
     Raises:
@@ -410,15 +414,19 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
         ConversionError: fewer XCA blocks fused than the model has (without allow_partial_fusion).
     """
     path = Path(path)
+    step = progress or (lambda done, total: None)
+    step(0, len(PREPARE_STEPS))
     loaded = _load(path, trust_model)
     key, sig = _pick_signature(loaded, path, signature)
     in_name, in_shape, layout = _image_input(sig, path)
     out_key = _pick_output(sig, path, output_key)
     out_shape = sig.structured_outputs[out_key].shape.as_list()
+    step(1, len(PREPARE_STEPS))
     fs = freeze_signature(sig)
     in_tensor, out_tensor = fs.input_tensor, fs.output_tensors[_flat_output_index(sig, out_key)]
     del loaded, sig  # the weights now live once, in fs.frozen.weights
     gc.collect()
+    step(2, len(PREPARE_STEPS))
     frozen, rewrites = canonical(fs.frozen, GraphSite(in_tensor, in_shape, [_node_name(out_tensor)]))
     del fs
     layout, layout_origin = _layout(frozen.graph_def, in_tensor, in_shape, layout)
@@ -426,6 +434,7 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
     out_dim = out_shape[-1] if out_shape and out_shape[-1] else None
     meta = read_metadata(path)
     arch, arch_origin, features = _identify(path, meta, img_size, out_dim, frozen.graph_def, allow_unknown)
+    step(3, len(PREPARE_STEPS))
     if fuse:
         frozen, xca = _fusion(path, frozen, in_tensor, out_tensor, in_shape, meta, arch, allow_partial_fusion)
     else:
@@ -436,7 +445,9 @@ def prepare(path: Path, *, signature: str | None = None, output_key: str | None 
         pre, pre_origin = preprocessing_of(path, img_size)
     if layout != "NHWC":
         pre = Preprocessing(**{**pre.to_dict(), "layout": layout, "size": tuple(pre.size)})
+    step(4, len(PREPARE_STEPS))
     final = _adapted(frozen, in_tensor, out_tensor, in_shape, layout, pre, bake_preprocessing)
+    step(5, len(PREPARE_STEPS))
     in_node = next(n for n in final.graph_def.node if n.name == "input")
     log.info("prepared %s (%s, signature %s, output %s; weights %.1f MB held apart from the graph)", path,
              arch or "unknown XCiT", key, out_key, final.nbytes() / 1e6)

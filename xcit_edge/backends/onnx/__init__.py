@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from xcit_edge.backends import register
-from xcit_edge.backends.base import FLOAT, Conversion, QuantMode, op_counts, zeros_input
+from xcit_edge.backends.base import FLOAT, Calibration, Conversion, QuantMode, op_counts, zeros_input
 from xcit_edge.backends.onnx.export import tf_to_onnx
 from xcit_edge.backends.onnx.functions import count_xca, package_xca
 from xcit_edge.backends.onnx.index import OnnxIndex
@@ -91,7 +91,7 @@ class _Reader:
     """ONNX Runtime CalibrationDataReader over a numpy batch, one image at a time."""
 
     def __init__(self, x: np.ndarray):
-        self._it = iter(x)
+        self._it = iter(Calibration(x))
 
     def get_next(self):
         item = next(self._it, None)

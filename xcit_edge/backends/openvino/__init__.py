@@ -24,7 +24,7 @@ import numpy as np
 
 from xcit_edge.backends import onnx as onnx_backend
 from xcit_edge.backends import register
-from xcit_edge.backends.base import FLOAT, Conversion, QuantMode, op_counts, zeros_input
+from xcit_edge.backends.base import FLOAT, Calibration, Conversion, QuantMode, op_counts, zeros_input
 from xcit_edge.errors import ConversionError, UsageError, first_line
 from xcit_edge.graph.xca_names import block_exits, count_blocks
 from xcit_edge.util.batching import in_batches
@@ -65,8 +65,8 @@ def _nncf_quantize(model, calib: np.ndarray, spec):
 
     kwargs = _ignored_scope(spec)
     with nncf_off_stdout():
-        return nncf.quantize(model, nncf.Dataset(list(calib[:, None])), model_type=nncf.ModelType.TRANSFORMER,
-                             subset_size=len(calib), **kwargs)
+        return nncf.quantize(model, nncf.Dataset(Calibration(list(calib[:, None]))),
+                             model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib), **kwargs)
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from xcit_edge.backends import register
-from xcit_edge.backends.base import FLOAT, Conversion, QuantMode, op_counts, zeros_input
+from xcit_edge.backends.base import FLOAT, Calibration, Conversion, QuantMode, op_counts, zeros_input
 from xcit_edge.backends.tflite import equalize as tflite_equalize
 from xcit_edge.backends.tflite import int16 as tflite_int16
 from xcit_edge.backends.tflite import rewrite as tflite_rewrite
@@ -60,7 +60,7 @@ SIGNATURE = "serving_default"
 
 def _dataset(calib: np.ndarray):
     def gen():
-        for item in calib:
+        for item in Calibration(calib):
             yield [item[None].astype(calib.dtype)]
 
     return gen
