@@ -42,8 +42,8 @@ class PreparedGraph:
     """A frozen, canonical, single-input single-output model every backend converts from.
 
     The graph is held as a `Frozen` graph (`graph/weights.py`): its structure with the weights apart, so the
-    model lives once in memory; `materialized()` and `fixed_batch()` make the self-contained copies a
-    converter needs, on demand (drop them when done)."""
+    model lives once in memory; `materialized()` makes the self-contained copy a converter needs, on demand
+    (drop it when done)."""
 
     frozen: Frozen  # input node `input`, output node `output`
     input_tensor: str
@@ -87,14 +87,6 @@ class PreparedGraph:
             node = next(n for n in gd.node if n.name == _node_name(self.input_tensor))
             node.attr["shape"].shape.CopyFrom(tensor_shape.TensorShape([batch, *self.input_shape[1:]]).as_proto())
         return gd
-
-    def fixed_batch(self, batch: int = 1):
-        """The graph as a TensorFlow ConcreteFunction with a fixed batch size (what the TFLite converter
-        takes): made on each call, so its copy of the weights goes when the caller drops it."""
-        from tensorflow.python.eager import wrap_function
-
-        return wrap_function.function_from_graph_def(self.materialized(batch), [self.input_tensor],
-                                                     [self.output_tensor])
 
     def io_spec(self) -> IOContract:
         """The artifact's input/output contract (what the manifest records and `validate` feeds)."""

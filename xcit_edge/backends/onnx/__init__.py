@@ -20,6 +20,7 @@ in the spec's `keep_float` are excluded (`op_types_to_quantize` = all others).
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -44,7 +45,11 @@ def to_onnx(graph, opset: int):
     kept on disk (`graph.scratch()`) between targets: onnx, onnx-int8 and OpenVINO start from the same model."""
     import onnx
 
-    return onnx.load(str(_shared_file(graph, ("onnx", opset), lambda: tf_to_onnx(graph, opset))))
+    return onnx.load(str(_onnx_file(graph, opset)))
+
+
+def _onnx_file(graph, opset: int) -> Path:
+    return _shared_file(graph, ("onnx", opset), lambda: tf_to_onnx(graph, opset))
 
 
 def optimized_onnx(graph, opset: int, skip: tuple[str, ...] = ()) -> tuple[object, dict]:
@@ -222,8 +227,6 @@ def unquantized_matmuls(model) -> list[str]:
 
 def _float_model(graph, spec, opset: int) -> tuple[object, str, dict]:
     """The float ONNX model a float or dynamic target ships (optimized, XCA as function nodes unless inlined)."""
-    import onnx
-
     if spec.options.get("optimize", False):
         # optimize_skip: rewrites left out (benchmarks/peers.py measures each one off)
         details = {}
@@ -234,8 +237,14 @@ def _float_model(graph, spec, opset: int) -> tuple[object, str, dict]:
     if not spec.options.get("inline_functions"):
         model, packaged = package_xca(model)
         form = "function" if packaged else form
-        onnx.checker.check_model(model, full_check=True)
     return model, form, details
+
+
+def _check_file(path: Path) -> None:
+    """`onnx.checker` on a saved model, reading the file (the caller has dropped its in-memory copy)."""
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)
 
 
 def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
@@ -245,9 +254,9 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
     out = workdir / spec.file
     kept: list[str] = []
     if spec.mode == "qdq-static":
-        model, form, details = to_onnx(graph, opset), "inlined", {}
+        form, details = "inlined", {}
         fp32 = workdir / "fp32.onnx"
-        onnx.save(model, str(fp32))
+        shutil.copyfile(_onnx_file(graph, opset), fp32)
         _quantize_qdq(fp32, out, calib, spec)
         fp32.unlink()
         kept = float_ops(onnx.load(str(out)))
@@ -256,10 +265,14 @@ def convert(graph, spec, calib: np.ndarray | None, workdir: Path) -> Conversion:
         if spec.mode == "dynamic":
             fp32 = workdir / "fp32.onnx"
             onnx.save(model, str(fp32))
+            del model
+            _check_file(fp32)
             details["quantizer"] = _quantize_dynamic(fp32, out, spec)
             fp32.unlink()
         else:
             onnx.save(model, str(out))
+            del model
+            _check_file(out)
     saved = onnx.load(str(out))
     if spec.mode == "dynamic":
         kept = unquantized_matmuls(saved)
