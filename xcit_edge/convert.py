@@ -35,7 +35,7 @@ from xcit_edge.reference import REFERENCE_FILE, ReferenceOptions, run_reference
 from xcit_edge.source.resolve import resolve
 from xcit_edge.targets import TargetSpec
 from xcit_edge.util.fs import atomic_dir, check_output_dir, output_lock, sha256_tree
-from xcit_edge.util.memory import check_model, image_budget, tree_bytes
+from xcit_edge.util.memory import check_model, image_budget, release_freed_memory, tree_bytes
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +300,7 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
         except ConversionError as e:  # this target failed; the others may not
             log.error("%s", e)
             results.append(ArtifactResult(spec.name, out / spec.name, None, error=str(e)))
+        release_freed_memory()
     if progress:
         progress("target", len(targets), len(targets))
     if placement is not None:

@@ -114,6 +114,23 @@ def _cgroup_value(name: str) -> int | None:
     return None
 
 
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc's `malloc_trim`; nothing elsewhere):
+    between targets, so one target's freed copies of the model are not part of the next one's peak."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass
+
+
 def check_model(model_bytes: int, max_memory: int | None) -> None:
     """Before a SavedModel of `model_bytes` is loaded: the runtimes and the model alone must fit."""
     check_fits(estimate(model_bytes, (0, 0), 0), max_memory)
