@@ -100,9 +100,7 @@ def empty_consts(graph_def, names: Iterable[str]) -> None:
     for node in graph_def.node:
         if node.name in names and node.op == "Placeholder":
             dtype, shape = node.attr["dtype"].type, weight_shape(node)
-            name, device = node.name, node.device
-            node.Clear()
-            node.name, node.op, node.device = name, "Const", device
+            _reset(node, "Const")
             node.attr["dtype"].type = dtype
             node.attr["value"].tensor.dtype = dtype
             node.attr["value"].tensor.tensor_shape.CopyFrom(tensor_shape.TensorShape(shape).as_proto())
@@ -128,12 +126,17 @@ class WeightBytes(Mapping):
         return len(self._names)
 
 
+def _reset(node, op: str) -> None:
+    """`node` emptied to a bare `op` of the same name and device (what each conversion below starts from)."""
+    name, device = node.name, node.device
+    node.Clear()
+    node.name, node.op, node.device = name, op, device
+
+
 def _make_const(node, value: np.ndarray) -> None:
     from tensorflow.python.framework import dtypes, tensor_util
 
-    name, device = node.name, node.device
-    node.Clear()
-    node.name, node.op, node.device = name, "Const", device
+    _reset(node, "Const")
     node.attr["dtype"].type = dtypes.as_dtype(value.dtype).as_datatype_enum
     node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(value))
 
@@ -141,9 +144,7 @@ def _make_const(node, value: np.ndarray) -> None:
 def _make_weight(node, value: np.ndarray) -> None:
     from tensorflow.python.framework import dtypes, tensor_shape
 
-    name, device = node.name, node.device
-    node.Clear()
-    node.name, node.op, node.device = name, "Placeholder", device
+    _reset(node, "Placeholder")
     node.attr["dtype"].type = dtypes.as_dtype(value.dtype).as_datatype_enum
     node.attr["shape"].shape.CopyFrom(tensor_shape.TensorShape(value.shape).as_proto())
     node.attr[WEIGHT_ATTR].b = True
@@ -271,9 +272,7 @@ def _read_to_identity(node, dtype: np.dtype) -> None:
     from tensorflow.python.framework import dtypes
 
     inputs = list(node.input)
-    name, device = node.name, node.device
-    node.Clear()
-    node.name, node.op, node.device = name, "Identity", device
+    _reset(node, "Identity")
     node.input.extend(inputs)
     node.attr["T"].type = dtypes.as_dtype(dtype).as_datatype_enum
 
