@@ -44,6 +44,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="xcit_nano_12_p16_224,xcit_tiny_24_p16_224")
     ap.add_argument("--targets", default="all")
+    ap.add_argument("--source", type=Path, help="an existing SavedModel of the (one) --models architecture, "
+                    "instead of building it")
+    ap.add_argument("--max-memory", help="passed to convert (to measure a run the estimate would refuse)")
     args = ap.parse_args()
     from xcit_edge.bench import machine_line
 
@@ -60,8 +63,9 @@ def main() -> None:
     print(f"{'model':24s} {'target':14s} {'seconds':>8s} {'x onnx':>7s} {'peak MiB':>9s} {'MB':>8s} "
           f"{'est. MiB':>9s} {'peak/est':>8s}")
     for model in args.models.split(","):
-        sm = tmp / model
-        run([*cli, "build", model, "--out", str(sm)])
+        sm = args.source or tmp / model
+        if not args.source:
+            run([*cli, "build", model, "--out", str(sm)])
         size = get_config(model).img_size
         base = None
         for target in ["onnx"] + [t for t in targets if t != "onnx"] + (["all"] if len(targets) > 1 else []):
@@ -69,7 +73,8 @@ def main() -> None:
             est = estimate(tree_bytes(sm), (size, size), calibration_limit(chosen, ConvertOptions()))
             target = ",".join(targets) if target == "all" else target
             out = tmp / f"{model}-{target}"
-            proc, seconds, peak = measured([*cli, "convert", str(sm), "--target", target, "--out", str(out), "--json"])
+            proc, seconds, peak = measured([*cli, "convert", str(sm), "--target", target, "--out", str(out), "--json",
+                                          *(["--max-memory", args.max_memory] if args.max_memory else [])])
             if proc.returncode:
                 err = [ln for ln in proc.stderr.splitlines() if ln.startswith(("error:", "internal error:"))]
                 print(f"{model:24s} {target:14s} FAILED: {(err or ['?'])[-1][:150]}", flush=True)

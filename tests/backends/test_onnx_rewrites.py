@@ -192,3 +192,73 @@ def test_l2_norm_becomes_reducel2_and_a_dot_product_does_not(opset):
     np.testing.assert_allclose(_run(model, x), np.sqrt((x * x).sum(1, keepdims=True)), rtol=1e-6)
     same, n = l2_norm_form(norm("two"))  # sqrt(sum(2x)) is no norm
     assert n == 0 and len(same.graph.node) == 3
+
+
+def test_onnx_runtime_layernormalization_is_as_close_to_float64_as_the_decomposed_form():
+    """Why `optimize`'s whole-model guard is 1e-4: where tokens have a large mean, the fused kernel and
+    tf2onnx's decomposed float32 LayerNorm round differently, and the fused one is the closer to float64."""
+    rng = np.random.default_rng(11)
+    x = (100 + rng.standard_normal((3, 5, D * 64))).astype(np.float32)
+    ones, zeros = np.ones(D * 64, np.float32), np.zeros(D * 64, np.float32)
+    graph = helper.make_graph([helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1, epsilon=1e-6)],
+                              "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 5, D * 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(ones, "g"), numpy_helper.from_array(zeros, "b")])
+    fused = _run(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), x)
+    x64 = x.astype(np.float64)
+    want = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-6)
+    d = x - x.mean(-1, keepdims=True)
+    decomposed = d / np.sqrt((d * d).mean(-1, keepdims=True) + np.float32(1e-6))
+    assert np.abs(fused - want).max() <= np.abs(decomposed - want).max()
+
+
+def test_optimize_refuses_a_rewrite_that_changes_the_output(monkeypatch):
+    """The guard: a pass that gets one weight 1 % wrong is undone (the model comes back as it was)."""
+    import xcit_edge.backends.onnx.rewrites as rewrites
+    from xcit_edge.backends.onnx.index import OnnxIndex
+    from xcit_edge.backends.onnx.rewrites.common import drop_unused, set_init
+
+    def wrong(model):
+        ix = OnnxIndex(model)
+        mm = next(n for n in model.graph.node if n.op_type == "MatMul")
+        mm.input[1] = set_init(model, ix, mm.input[1], ix.inits[mm.input[1]] * 1.01)
+        drop_unused(model)
+        return model, 1
+
+    monkeypatch.setattr(rewrites, "PASSES", (("wrong", wrong),))
+    x = np.random.default_rng(12).standard_normal((2, D, D)).astype(np.float32)
+    model, report = optimize(_layerscale_model((D,)))
+    assert report["wrong"] == 0 and report["rejected_rel_err"] > 1e-3
+    np.testing.assert_array_equal(_run(model, x), _run(_layerscale_model((D,)), x))
+
+
+def test_large_weights_reach_the_probe_session_as_shared_arrays_and_fold_exactly():
+    """Weights of 64 KiB and more are handed to ONNX Runtime's probe sessions as arrays (not serialized
+    with the model), shared by every pass; a folded weight is a new array, the replaced one forgotten."""
+    from xcit_edge.backends.onnx import index
+    from xcit_edge.backends.onnx.rewrites.common import _light_copy
+
+    width = 160  # 160 x 160 float32 = 100 KiB: shared
+    rng = np.random.default_rng(13)
+    nodes = [helper.make_node("Reshape", ["x", "flat"], ["x2"]), helper.make_node("MatMul", ["x2", "w"], ["m2"]),
+             helper.make_node("Reshape", ["m2", "back"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["a"]), helper.make_node("Mul", ["a", "g"], ["ag"]),
+             helper.make_node("Add", ["x", "ag"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("flat", [-1, width]),
+                                                                            ("back", [-1, 7, width]))]
+    inits += [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (
+        ("w", rng.standard_normal((width, width)) / 10), ("b", rng.standard_normal(width)),
+        ("g", rng.uniform(0.1, 2, width)))]
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 7, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 7, width])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((2, 7, width)).astype(np.float32)
+    want = _run(model, x)
+    with index.shared_arrays() as held:
+        light, weights = _light_copy(model, ["m2"])
+        assert list(weights) == ["w"] and len(light.SerializeToString()) < 10_000
+        optimized, report = optimize(model)
+        assert list(held) == ["w"]  # this block's own: optimize shares in a block of its own
+    assert report["tensordot_folded"] == 1 and report["scales_folded"] == 1
+    np.testing.assert_allclose(_run(optimized, x), want, rtol=1e-5, atol=1e-5)
+    assert [t.name for t in optimized.graph.initializer if t.name == "w"] == []  # replaced by w·g

@@ -64,7 +64,7 @@ def optimized_onnx(graph, opset: int, skip: tuple[str, ...] = ()) -> tuple[objec
         def make():
             model = to_onnx(graph, opset)
             log.debug("onnx: rewriting")
-            model, counts = optimize(model, tuple(skip))
+            model, counts = optimize(model, tuple(skip), original=lambda: to_onnx(graph, opset))
             rewrites.update(counts)
             return model
 

@@ -28,7 +28,7 @@ form TFLite needs); ONNX Runtime fuses only `erf(x / 1.4142135)` into its Gelu k
   becomes the Conv's `pads`, so the LPI pattern above is found in onnx-tf graphs too.
 
 `optimize` applies them all and checks the whole rewritten model against the original on the
-probe (1e-5 relative max error), else returns the original.
+probe (1e-4 relative max error), else returns the original.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from xcit_edge.backends.onnx.index import shared_arrays
 from xcit_edge.backends.onnx.rewrites.common import drop_unused, probe
 from xcit_edge.backends.onnx.rewrites.gelu import gelu_div_form
 from xcit_edge.backends.onnx.rewrites.l2norm import l2_norm_form
@@ -51,7 +52,13 @@ __all__ = ["PASSES", "REWRITES", "drop_unused", "fold_scales", "fold_tensordot",
 
 log = logging.getLogger(__name__)
 
-_RTOL = 1e-5
+# The whole-model guard against a rewrite that is wrong somewhere (each LayerNorm site is also checked alone,
+# against a float64 LayerNorm). A wrong rewrite moves the output by far more (tests: a weight off by 1 % in
+# one block). 1e-5 refused correct rewrites of a 24-block model: where activations have a large mean,
+# ONNX Runtime's LayerNormalization and tf2onnx's decomposed float32 form round differently (the fused
+# kernel is the closer of the two to float64: tests/backends/test_onnx_rewrites.py), and 77 LayerNorms
+# add up to 1.5e-5 at the output of medium_24 with seeded weights.
+_RTOL = 1e-4
 
 # The passes in the order they run, by the name manifests and `optimize_skip` use (one list, like tf2onnx's
 # optimizer table): each takes a model and returns (model, rewrites made); adding a rewrite is its module
@@ -67,28 +74,36 @@ PASSES: tuple[tuple[str, Callable], ...] = (
 REWRITES = tuple(name for name, _ in PASSES)
 
 
-def optimize(model, skip: tuple[str, ...] = ()) -> tuple[object, dict]:
+def optimize(model, skip: tuple[str, ...] = (), original: Callable[[], object] | None = None) -> tuple[object, dict]:
     """Every rewrite (but those named in `skip`, for measuring one off), kept only if the whole model still
     computes the same on the probe. `skip` comes from a target's `optimize_skip`: a misspelt name would
-    silently measure nothing, so unknown names are refused."""
+    silently measure nothing, so unknown names are refused. `original()` gives the model back as it was if
+    the rewrites are refused (a caller with it on disk passes a reader); without it a serialized copy is kept.
+    The passes and probes share one array per weight (`index.shared_arrays`)."""
     import onnx
 
     unknown = sorted(set(skip) - set(REWRITES))
     if unknown:
         raise SpecError(f"optimize_skip: unknown ONNX rewrite(s) {', '.join(unknown)} "
                         f"(known: {', '.join(REWRITES)})")
+    if original is None:
+        kept = model.SerializeToString()  # bytes: no arena copy
+
+        def original():
+            return onnx.load_from_string(kept)
     out = model.graph.output[0].name
-    original = model.SerializeToString()  # what is returned if the rewrites are refused (bytes: no arena copy)
-    before = probe(model, [out])[out]
-    counts = {}
-    for name, rewrite in PASSES:
-        model, counts[name] = (model, 0) if name in skip else rewrite(model)
-    if not any(counts.values()):
-        return onnx.load_from_string(original), counts
-    after = probe(model, [out])[out]
+    with shared_arrays():
+        before = probe(model, [out])[out]
+        counts = {}
+        for name, rewrite in PASSES:
+            model, counts[name] = (model, 0) if name in skip else rewrite(model)
+        if not any(counts.values()):
+            return original(), counts
+        after = probe(model, [out])[out]
     err = rel_max_err(after, before)
     if err > _RTOL:
         log.warning("ONNX rewrites changed the output by %.2g (relative); not applied", err)
-        return onnx.load_from_string(original), {**dict.fromkeys(counts, 0), "rejected_rel_err": err}
+        del model
+        return original(), {**dict.fromkeys(counts, 0), "rejected_rel_err": err}
     log.info("ONNX rewrites %s (output rel. max error %.2g)", counts, err)
     return model, {**counts, "rel_err": err}

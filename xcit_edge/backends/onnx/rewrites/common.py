@@ -4,28 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from xcit_edge.backends.onnx.index import OnnxIndex
+from xcit_edge.backends.onnx.index import OnnxIndex, array_of, forget, is_large, remember
 
 
 def probe(model, tensors: list[str], seed: int = 0) -> dict[str, np.ndarray]:
     """Values of `tensors` on a seeded input (batch 2 when the batch is dynamic). The tensors are made graph
-    outputs for the run and taken off again: the model is not copied (its weights are most of it)."""
-    import onnx
+    outputs for the run and taken off again. ONNX Runtime gets the model without its large weights, which
+    it is handed as arrays (`index.array_of`: shared inside `index.shared_arrays()`) that it reads in
+    place: no serialized copy of the weights, and none in the session."""
     import onnxruntime as ort
 
-    outputs = model.graph.output
-    n_outputs = len(outputs)
-    known = {o.name for o in outputs}
-    for t in dict.fromkeys(tensors):
-        if t not in known:
-            outputs.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-    try:
-        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    finally:
-        del outputs[n_outputs:]
+    light, weights = _light_copy(model, tensors)
+    if weights:
+        so.add_external_initializers(list(weights), [ort.OrtValue.ortvalue_from_numpy(w) for w in weights.values()])
+    sess = ort.InferenceSession(light.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    del light
     inp = sess.get_inputs()[0]
     shape = [d if isinstance(d, int) and d > 0 else 2 for d in inp.shape]
     rng = np.random.default_rng(seed)
@@ -35,6 +31,48 @@ def probe(model, tensors: list[str], seed: int = 0) -> dict[str, np.ndarray]:
         x = rng.standard_normal(shape).astype(np.float32)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, {inp.name: x}), strict=True))
+
+
+_HELD = "xcit-edge-held-weight"  # the external-data location of a weight handed to the session as an array
+
+
+def _light_copy(model, tensors: list[str]):
+    """(a copy of `model` whose large initializers are external-data stubs, with `tensors` as extra graph
+    outputs; {stub name: array}). ONNX Runtime replaces the stubs with the arrays (`add_external_initializers`)
+    and never opens the stubs' location."""
+    import onnx
+
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip={"graph"})
+    _copy_fields(model.graph, light.graph, skip={"initializer"})
+    known = {o.name for o in light.graph.output}
+    for t in dict.fromkeys(tensors):
+        if t not in known:
+            light.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    weights = {}
+    for t in model.graph.initializer:
+        if not is_large(t):
+            light.graph.initializer.append(t)
+            continue
+        weights[t.name] = array_of(t)
+        stub = light.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims,
+                                           data_location=onnx.TensorProto.EXTERNAL)
+        for key, value in (("location", _HELD), ("offset", "0"), ("length", str(weights[t.name].nbytes))):
+            stub.external_data.add(key=key, value=value)
+    return light, weights
+
+
+def _copy_fields(src, dst, skip: set[str]) -> None:
+    """Every set field of protobuf message `src` but those in `skip`, copied into `dst`."""
+    for field, value in src.ListFields():
+        if field.name in skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
 
 
 def scalar_one(ix: OnnxIndex, add) -> str | None:
@@ -70,6 +108,7 @@ def set_init(model, ix: OnnxIndex, name: str, value: np.ndarray) -> str:
     new = f"{name}/folded{len(model.graph.initializer)}"
     model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), new))
     ix.inits[new] = value
+    remember(new, value)
     return new
 
 
@@ -94,7 +133,9 @@ def drop_unused(model) -> None:
             break
         for n in dead:
             model.graph.node.remove(n)
+    dropped = [t.name for t in model.graph.initializer if t.name not in used]
     _remove_where(model.graph.initializer, lambda t: t.name not in used)
+    forget(dropped)
     produced = {o for n in model.graph.node for o in n.output}
     _remove_where(model.graph.value_info, lambda v: v.name not in produced)
 
