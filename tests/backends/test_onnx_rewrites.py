@@ -262,3 +262,18 @@ def test_large_weights_reach_the_probe_session_as_shared_arrays_and_fold_exactly
     assert report["tensordot_folded"] == 1 and report["scales_folded"] == 1
     np.testing.assert_allclose(_run(optimized, x), want, rtol=1e-5, atol=1e-5)
     assert [t.name for t in optimized.graph.initializer if t.name == "w"] == []  # replaced by w·g
+
+
+def test_probe_groups_runs_as_many_sites_as_fit_and_returns_what_one_probe_does():
+    from xcit_edge.backends.onnx.rewrites.common import probe, probe_groups
+
+    model = _layernorm_model()
+    groups = [["mean", "d"], ["sq", "var"], ["std", "y"]]
+    whole = probe(model, [t for g in groups for t in g])
+    for budget in (1, 1 << 30):  # one group per run; all in one run after the first
+        got = dict(probe_groups(model, groups, budget=budget))
+        assert sorted(got) == [0, 1, 2]
+        for k, g in enumerate(groups):
+            assert list(got[k]) == g
+            for t in g:
+                np.testing.assert_array_equal(got[k][t], whole[t])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from xcit_edge.backends.onnx.index import OnnxIndex, array_of, forget, is_large, remember
@@ -31,6 +33,28 @@ def probe(model, tensors: list[str], seed: int = 0) -> dict[str, np.ndarray]:
         x = rng.standard_normal(shape).astype(np.float32)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, {inp.name: x}), strict=True))
+
+
+# What one probe run may return, about: a model with many sites (77 LayerNorms of 13 nodes each in a 24-block
+# model) at 384 px with 8 px patches would otherwise return every tensor of the model at once (over 10 GB).
+PROBE_BUDGET_BYTES = 256 << 20
+
+
+def probe_groups(model, groups: list[list[str]], budget: int = PROBE_BUDGET_BYTES
+                 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """`probe` over groups of tensors (one group per site a rewrite checks), as many groups per run as fit
+    in `budget` bytes (measured on the first group): yields (group index, that group's values). The model
+    must not change until the last group is yielded."""
+    start, per_group = 0, None
+    while start < len(groups):
+        n = 1 if per_group is None else max(1, int(budget // max(per_group, 1.0)))
+        chunk = groups[start:start + n]
+        values = probe(model, [t for g in chunk for t in g])
+        per_group = sum(v.nbytes for g in chunk for v in (values[t] for t in dict.fromkeys(g))) / len(chunk)
+        for k, group in enumerate(chunk):
+            yield start + k, {t: values[t] for t in group}
+        del values
+        start += n
 
 
 _HELD = "xcit-edge-held-weight"  # the external-data location of a weight handed to the session as an array

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from xcit_edge.backends.onnx.index import OnnxIndex
-from xcit_edge.backends.onnx.rewrites.common import drop_unused, probe
+from xcit_edge.backends.onnx.rewrites.common import drop_unused, probe_groups
 from xcit_edge.metrics import rel_max_err
 
 _MEANS = ("GlobalAveragePool", "ReduceMean")
@@ -82,13 +82,13 @@ def fuse_layernorm(model) -> tuple[object, int]:
     sites = _layernorm_sites(ix)
     if not sites:
         return model, 0
-    values = probe(model, [s["x"] for s in sites] + [n.output[0] for s in sites for n in s["region"]])
+    groups = [[s["x"], *(n.output[0] for n in s["region"])] for s in sites]
+    choices = {k: _choose(ix, sites[k], values) for k, values in probe_groups(model, groups)}
     replaced = 0
     for k, site in enumerate(sites):
-        chosen = _choose(ix, site, values)
-        if chosen is None:
+        if choices[k] is None:
             continue
-        out, gamma, beta = chosen
+        out, gamma, beta = choices[k]
         names = (f"xcit_edge/ln_{k}/gamma", f"xcit_edge/ln_{k}/beta")
         for name, value in zip(names, (gamma, beta), strict=True):
             model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))

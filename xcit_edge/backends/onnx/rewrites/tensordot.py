@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from xcit_edge.backends.onnx.index import OnnxIndex
-from xcit_edge.backends.onnx.rewrites.common import drop_unused, probe
+from xcit_edge.backends.onnx.rewrites.common import drop_unused, probe_groups
 
 
 def fold_tensordot(model) -> tuple[object, int]:
@@ -23,11 +23,12 @@ def fold_tensordot(model) -> tuple[object, int]:
             sites.append((r1, mm, after[0]))
     if not sites:
         return model, 0
-    values = probe(model, [t for r1, _, r2 in sites for t in (r1.input[0], r2.output[0])])
+    groups = [[r1.input[0], r2.output[0]] for r1, _, r2 in sites]
+    shapes = {k: (v[g[0]].shape, v[g[1]].shape) for (k, v), g in zip(probe_groups(model, groups), groups, strict=True)}
     done = 0
-    for r1, mm, r2 in sites:
-        x, y = values[r1.input[0]], values[r2.output[0]]
-        if x.ndim < 3 or y.shape != (*x.shape[:-1], ix.inits[mm.input[1]].shape[1]):
+    for k, (r1, mm, r2) in enumerate(sites):
+        x, y = shapes[k]
+        if len(x) < 3 or y != (*x[:-1], ix.inits[mm.input[1]].shape[1]):
             continue
         mm.input[0] = r1.input[0]
         mm.output[0] = r2.output[0]
