@@ -15,7 +15,7 @@ from functools import cached_property
 
 import numpy as np
 
-# Initializers this size or larger are shared (and handed to probe sessions as external initializers);
+# Initializers this size or larger are shared (and handed to probe sessions as inputs);
 # smaller ones (shapes, scalars, per-channel vectors) are converted where they are read.
 SHARED_MIN_BYTES = 64 * 1024
 

@@ -10,21 +10,21 @@ from xcit_edge.backends.onnx.index import OnnxIndex, array_of, forget, is_large,
 
 
 def probe(model, tensors: list[str], seed: int = 0) -> dict[str, np.ndarray]:
-    """Values of `tensors` on a seeded input (batch 2 when the batch is dynamic). The tensors are made graph
-    outputs for the run and taken off again. ONNX Runtime gets the model without its large weights, which
-    it is handed as arrays (`index.array_of`: shared inside `index.shared_arrays()`) that it reads in
-    place: no serialized copy of the weights, and none in the session."""
+    """Values of `tensors` on a seeded input (batch 2 when the batch is dynamic), as extra graph outputs of
+    a copy of the model. ONNX Runtime gets that copy without its large weights: they become graph inputs,
+    fed from the arrays (`index.array_of`, shared inside `index.shared_arrays()`), which it reads in place.
+    No serialized copy of the weights, and none in the session (as initializers, even ones handed over
+    with `add_external_initializers`, they are copied into it)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    so.enable_cpu_mem_arena = False  # the arena grows in doubling chunks: up to twice what one run needs
     light, weights = _light_copy(model, tensors)
-    if weights:
-        so.add_external_initializers(list(weights), [ort.OrtValue.ortvalue_from_numpy(w) for w in weights.values()])
     sess = ort.InferenceSession(light.SerializeToString(), so, providers=["CPUExecutionProvider"])
     del light
-    inp = sess.get_inputs()[0]
+    inp = next(i for i in sess.get_inputs() if i.name not in weights)
     shape = [d if isinstance(d, int) and d > 0 else 2 for d in inp.shape]
     rng = np.random.default_rng(seed)
     if inp.type == "tensor(uint8)":  # --bake-preprocessing: raw pixels
@@ -32,7 +32,7 @@ def probe(model, tensors: list[str], seed: int = 0) -> dict[str, np.ndarray]:
     else:
         x = rng.standard_normal(shape).astype(np.float32)
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, {inp.name: x}), strict=True))
+    return dict(zip(names, sess.run(names, {inp.name: x, **weights}), strict=True))
 
 
 # What one probe run may return, about: a model with many sites (77 LayerNorms of 13 nodes each in a 24-block
@@ -57,13 +57,9 @@ def probe_groups(model, groups: list[list[str]], budget: int = PROBE_BUDGET_BYTE
         start += n
 
 
-_HELD = "xcit-edge-held-weight"  # the external-data location of a weight handed to the session as an array
-
-
 def _light_copy(model, tensors: list[str]):
-    """(a copy of `model` whose large initializers are external-data stubs, with `tensors` as extra graph
-    outputs; {stub name: array}). ONNX Runtime replaces the stubs with the arrays (`add_external_initializers`)
-    and never opens the stubs' location."""
+    """(a copy of `model` whose large initializers are graph inputs instead, with `tensors` as extra graph
+    outputs; {input name: array})."""
     import onnx
 
     light = onnx.ModelProto()
@@ -79,10 +75,7 @@ def _light_copy(model, tensors: list[str]):
             light.graph.initializer.append(t)
             continue
         weights[t.name] = array_of(t)
-        stub = light.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims,
-                                           data_location=onnx.TensorProto.EXTERNAL)
-        for key, value in (("location", _HELD), ("offset", "0"), ("length", str(weights[t.name].nbytes))):
-            stub.external_data.add(key=key, value=value)
+        light.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     return light, weights
 
 
