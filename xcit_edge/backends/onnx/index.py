@@ -50,9 +50,7 @@ def array_of(t) -> np.ndarray:
     if cache is None or not is_large(t):
         return numpy_helper.to_array(t)
     if t.name not in cache:
-        value = numpy_helper.to_array(t)
-        value.setflags(write=False)  # shared: a rewrite that changed it in place would change every reader
-        cache[t.name] = value
+        _share(cache, t.name, numpy_helper.to_array(t))
     return cache[t.name]
 
 
@@ -60,8 +58,12 @@ def remember(name: str, value: np.ndarray) -> None:
     """A new initializer's array, shared from now on (inside `shared_arrays()`)."""
     cache = _arrays.get()
     if cache is not None and value.nbytes >= SHARED_MIN_BYTES:
-        value.setflags(write=False)
-        cache[name] = value
+        _share(cache, name, value)
+
+
+def _share(cache: dict[str, np.ndarray], name: str, value: np.ndarray) -> None:
+    value.setflags(write=False)  # shared: a rewrite that changed it in place would change every reader
+    cache[name] = value
 
 
 def forget(names) -> None:

@@ -150,17 +150,18 @@ def drop_unused(model) -> None:
             break
         for n in dead:
             model.graph.node.remove(n)
-    dropped = [t.name for t in model.graph.initializer if t.name not in used]
-    _remove_where(model.graph.initializer, lambda t: t.name not in used)
-    forget(dropped)
+    forget(_remove_where(model.graph.initializer, lambda t: t.name not in used))
     produced = {o for n in model.graph.node for o in n.output}
     _remove_where(model.graph.value_info, lambda v: v.name not in produced)
 
 
-def _remove_where(items, dead) -> None:
+def _remove_where(items, dead) -> list[str]:
     """Delete the `dead` elements of a repeated protobuf field in place. Not `del items[:]` and `extend`:
     with protobuf's upb backend that copies every kept element (every weight, for initializers) into the
-    message's arena, where the old copies stay until the model itself is freed."""
+    message's arena, where the old copies stay until the model itself is freed. Returns the removed names."""
+    removed = []
     for i in reversed(range(len(items))):
         if dead(items[i]):
+            removed.append(items[i].name)
             del items[i]
+    return removed
