@@ -107,7 +107,7 @@ def calibration_limit(targets: list[TargetSpec], opts: ConvertOptions) -> int:
 
 
 def _calibration(graph: PreparedGraph, targets: list[TargetSpec], opts: ConvertOptions,
-                 progress: Progress | None, before_decode: Callable[[int], None]) -> CalibrationSet:
+                 progress: Progress | None, before_decode: Callable[[int, bool], None]) -> CalibrationSet:
     limit = calibration_limit(targets, opts)
     data = opts.calibration
     if data is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,36 +153,46 @@ def load_serving(path: Path, placement: Placement, signature: str, input_name: s
     return serve
 
 
-def run_distributed(placement: Placement, fn, x: np.ndarray, global_batch: int, progress=None) -> np.ndarray:
-    """`fn` over `x` on every replica: static-shape batches of `global_batch` (rounded up to a multiple
-    of the replicas), the last one padded; outputs gathered to the host and put back in input order."""
+def replica_batch(placement: Placement, global_batch: int) -> int:
+    """`global_batch` rounded up to a multiple of the replicas (at least one image each)."""
+    replicas = placement.strategy.num_replicas_in_sync
+    global_batch = max(global_batch, replicas)
+    return global_batch + (-global_batch) % replicas
+
+
+def run_distributed(placement: Placement, fn, batches: Iterable[np.ndarray], n: int, global_batch: int,
+                    progress=None) -> np.ndarray:
+    """`fn` over `n` inputs on every replica: static-shape batches of `global_batch` (rounded up to a
+    multiple of the replicas; the last one padded); outputs gathered to the host, in input order.
+
+    The inputs come as `batches`, consecutive chunks of any size (a multiple of the global batch keeps
+    every step full), so a 50,000-image run holds one chunk of inputs and the outputs, never all inputs."""
     import tensorflow as tf
 
     strategy = placement.strategy
-    replicas = strategy.num_replicas_in_sync
-    global_batch = max(global_batch, replicas)
-    global_batch += (-global_batch) % replicas
-    n = len(x)
-    pad = (-n) % global_batch
-    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    ids = np.arange(n + pad, dtype=np.int64)
-    ds = tf.data.Dataset.from_tensor_slices((xp, ids)).batch(global_batch, drop_remainder=True)
-    dist = strategy.experimental_distribute_dataset(ds)
+    global_batch = replica_batch(placement, global_batch)
 
     @tf.function
     def step(batch):
         images, index = batch
         return strategy.run(lambda a, b: (fn(a), b), args=(images, index))
 
-    outs, order = [], []
-    for k, batch in enumerate(dist):
-        out, index = step(batch)
-        outs.append(strategy.gather(out, axis=0).numpy())
-        order.append(strategy.gather(index, axis=0).numpy())
-        if progress:
-            progress(min((k + 1) * global_batch, n), n)
-    out, order = np.concatenate(outs), np.concatenate(order)
-    keep = order < n
-    result = np.empty((n, *out.shape[1:]), np.float32)
-    result[order[keep]] = out[keep]
+    result, done = None, 0
+    for x in batches:
+        pad = (-len(x)) % global_batch
+        xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+        ids = np.arange(done, done + len(xp), dtype=np.int64)
+        ds = tf.data.Dataset.from_tensor_slices((xp, ids)).batch(global_batch, drop_remainder=True)
+        for batch in strategy.experimental_distribute_dataset(ds):
+            out, index = step(batch)
+            out, index = strategy.gather(out, axis=0).numpy(), strategy.gather(index, axis=0).numpy()
+            if result is None:
+                result = np.empty((n, *out.shape[1:]), np.float32)
+            keep = index < done + len(x)
+            result[index[keep]] = out[keep]
+            if progress:
+                progress(min(done + len(x), int(index.max()) + 1), n)
+        done += len(x)
+    if result is None or done != n:
+        raise ValueError(f"run_distributed: {done} inputs for {n}")
     return result

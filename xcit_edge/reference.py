@@ -143,7 +143,8 @@ def compute_reference(model: str, data: str, *, labels_file: Path | None = None,
     graph = prepare(src.path, signature=signature, output_key=output_key, preprocessing=preprocessing,
                     allow_unknown=True, fuse=False, trust_model=opts.trust_model)  # signature, layout, preprocessing
     cb = (lambda d, n: progress("calibration", d, n)) if progress else None
-    budget = image_budget(model_bytes, graph.preprocessing.size, opts.max_memory, REFERENCE_IMAGE_FACTOR)
+    budget = image_budget(model_bytes, graph.preprocessing.size, opts.max_memory, REFERENCE_IMAGE_FACTOR,
+                          streaming=True, outputs=1)
     cal = load_calibration(data, graph.preprocessing, class_names=graph.labels, labels_file=labels_file,
                            limit=max_images, progress=cb, before_decode=budget)
     return run_reference(graph, placement, cal, src.ref, sha256_tree(src.path), opts.batch_size, opts.precision,
@@ -155,15 +156,15 @@ def run_reference(graph, placement, cal: CalibrationSet, model_ref: str, model_s
     """The source SavedModel's own serving function (not the frozen graph) over `cal` under `placement`:
     what `reference` stores and what `validate --source` compares against, computed the same way so
     that both give the same figures."""
-    from xcit_edge.distribute import load_serving, run_distributed
+    from xcit_edge.distribute import load_serving, replica_batch, run_distributed
 
-    x = graph.model_input(cal.model_ready(graph.preprocessing, False))
     fixed = graph.input_shape[0]  # a fixed-batch signature (onnx2tf: 1) takes exactly that per replica
-    global_batch = fixed * placement.replicas if fixed else batch_size
+    global_batch = replica_batch(placement, fixed * placement.replicas if fixed else batch_size)
     log.info("running %s on %d images: %s, global batch %d", model_ref, len(cal), placement.description,
              global_batch)
     serve = load_serving(graph.source, placement, graph.signature_key, graph.signature_input, graph.output_key)
-    out = run_distributed(placement, serve, x, global_batch,
+    batches = (graph.model_input(x) for x in cal.batches(graph.preprocessing, False, cal.batch_rows(global_batch)))
+    out = run_distributed(placement, serve, batches, len(cal), global_batch,
                           progress=(lambda d, n: progress("reference", d, n)) if progress else None)
     meta = _meta(graph, cal, model_ref, device=placement.device, precision=precision,
                  placement=placement.description)

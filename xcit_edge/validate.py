@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,19 +154,24 @@ def _reference_from_file(opts: ValidateOptions, pre: Preprocessing, sha: str,
     return ref, cal
 
 
-def _run_timed(art: OpenArtifact, x: np.ndarray, progress: Progress | None) -> tuple[np.ndarray, dict]:
-    """One image per call (what an app does), after one warm-up call; latency median and p90 in ms."""
-    art.module.run(art.session, x[:1])
-    outs, times = [], []
-    for i in range(len(x)):
-        t0 = time.perf_counter()
-        outs.append(art.module.run(art.session, x[i:i + 1]))
-        times.append(time.perf_counter() - t0)
-        if progress:
-            progress(art.spec.name, i + 1, len(x))
+def _run_timed(art: OpenArtifact, batches: Iterable[np.ndarray], n: int,
+               progress: Progress | None) -> tuple[np.ndarray, dict]:
+    """One image per call (what an app does), after one warm-up call; latency median and p90 in ms.
+    `batches` are consecutive chunks of the inputs (a large set streams from its spool file)."""
+    outs, times, warm = [], [], False
+    for x in batches:
+        if not warm:
+            art.module.run(art.session, x[:1])
+            warm = True
+        for i in range(len(x)):
+            t0 = time.perf_counter()
+            outs.append(art.module.run(art.session, x[i:i + 1]))
+            times.append(time.perf_counter() - t0)
+            if progress:
+                progress(art.spec.name, len(times), n)
     ms = np.array(times) * 1e3
     return np.concatenate(outs), {"median": float(np.median(ms)), "p90": float(np.percentile(ms, 90)),
-                                  "batch": 1, "images": len(x)}
+                                  "batch": 1, "images": len(times)}
 
 
 def _class_name(class_names: list[str] | None, i: int) -> str:
@@ -206,9 +211,11 @@ def _per_class(out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None,
     return rows
 
 
-def validate_one(art: OpenArtifact, x: np.ndarray, ref: Reference, labels: np.ndarray | None, names: list[str],
-                 class_names: list[str] | None, progress: Progress | None = None) -> ArtifactValidation:
-    """Run one artifact on `x` and hold it to its target's tolerances against `ref`."""
+def validate_one(art: OpenArtifact, batches: Iterable[np.ndarray], ref: Reference, labels: np.ndarray | None,
+                 names: list[str], class_names: list[str] | None,
+                 progress: Progress | None = None) -> ArtifactValidation:
+    """Run one artifact on the inputs (`batches`: consecutive chunks, in the artifact's input contract)
+    and hold it to its target's tolerances against `ref`."""
     if art.broken:
         return ArtifactValidation(art.spec.name, art.path, art.spec, {},
                                   [f"does not run with {art.spec.backend}'s default options: {art.broken}"], {}, None)
@@ -217,7 +224,7 @@ def validate_one(art: OpenArtifact, x: np.ndarray, ref: Reference, labels: np.nd
         raise UsageError(f"{art.path}: outputs {want[-1]} values per image, the reference {ref.outputs.shape[-1]}: "
                          "not the model this artifact came from")
     try:
-        out, latency = _run_timed(art, x, progress)
+        out, latency = _run_timed(art, batches, len(ref.outputs), progress)
     except Exception as e:  # noqa: BLE001 - a runtime failure is this artifact's verdict, not the run's
         return ArtifactValidation(art.spec.name, art.path, art.spec, {}, [f"does not run: {first_line(e)}"], {}, None)
     m = agreement(out, ref.outputs, labels, kind=art.kind, worst=WORST_IMAGES)
@@ -241,7 +248,8 @@ def validate(artifacts: list[Path], opts: ValidateOptions, progress: Progress | 
 
     def cal_loader(model_labels, model_bytes: int = 0):
         cb = (lambda d, n: progress("calibration", d, n)) if progress else None
-        budget = image_budget(model_bytes, pre.size, opts.max_memory, loaded_bytes=loaded)
+        budget = image_budget(model_bytes, pre.size, opts.max_memory, loaded_bytes=loaded, streaming=True,
+                              outputs=len(arts) + 1)
         return load_calibration(opts.calibration, pre, class_names=class_names or model_labels,
                                 labels_file=opts.labels_file, limit=opts.max_images, progress=cb,
                                 before_decode=budget)
@@ -257,7 +265,7 @@ def validate(artifacts: list[Path], opts: ValidateOptions, progress: Progress | 
     results = []
     for art in arts:
         log.info("validating %s on %d images", art.spec.name, len(cal))
-        res = validate_one(art, art.inputs(cal, pre), ref, cal.labels, cal.names, class_names, progress)
+        res = validate_one(art, art.input_batches(cal, pre), ref, cal.labels, cal.names, class_names, progress)
         if not res.passed and res.outputs is not None and opts.localize:
             res.localization = _localize(graph, art, cal, pre, opts.trust_model)
         results.append(res)

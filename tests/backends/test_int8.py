@@ -349,7 +349,7 @@ def test_an_artifact_the_runtime_dies_on_is_one_failed_verdict(fixture_artifacts
     monkeypatch.setattr(artifact_open, "smoke", lambda backend, path: died)
     art = val.open_artifact(Path(fixture_artifacts["tflite-int8"]["path"]))
     assert art.session is None and art.broken == "the runtime aborted the process (SIGABRT): free(): double free"
-    res = val.validate_one(art, np.zeros((1, 64, 64, 3), np.float32), None, None, [], None)
+    res = val.validate_one(art, [np.zeros((1, 64, 64, 3), np.float32)], None, None, [], None)
     assert res.failures == ["does not run with tflite's default options: the runtime aborted the process "
                             "(SIGABRT): free(): double free"]
 

@@ -238,3 +238,40 @@ def test_report_names_images_by_folder_and_file():
 
     assert image_label("/venv/lib/site-packages/xcit_edge/_calibration/sample/circle/0007.jpg") == "circle/0007.jpg"
     assert image_label("held.npz[12]") == "held.npz[12]"
+
+
+def test_a_streamed_set_gives_the_same_reference_and_verdicts(fixture_artifacts, fixture_dir, timm_fixture,
+                                                              tmp_path, monkeypatch):
+    """A folder spooled to disk and walked in batches of 7 (not a multiple of the global batch 4): the same
+    reference outputs, in order, as the set decoded into memory, and timm's; a reference made from the
+    in-memory set validates the streamed one with the same figures."""
+    from xcit_edge.data import calibration
+    from xcit_edge.data.synthetic import write_folder
+    from xcit_edge.reference import load_reference
+
+    write_folder(tmp_path / "imgs", per_class=3, size=FIXTURE.img_size, seed=12)
+    onnx_art = fixture_artifacts["onnx"]["path"]
+
+    def reference_and_verdict(name: str) -> tuple:
+        ref = tmp_path / f"{name}.npz"
+        res = run("--quiet", "reference", fixture_dir, "--calibration", tmp_path / "imgs", "--out", ref,
+                  "--batch-size", 4)
+        assert res.exit_code == 0, res.output
+        res = run("--quiet", "validate", onnx_art, "--reference", tmp_path / "whole.npz", "--calibration",
+                  tmp_path / "imgs", "--json")
+        assert res.exit_code == 0, res.output
+        return load_reference(ref), json.loads(res.stdout)["artifacts"][0]["metrics"]
+
+    pixels = np.asarray(calibration.load_calibration(tmp_path / "imgs", PRE).pixels)
+    whole, whole_metrics = reference_and_verdict("whole")
+    monkeypatch.setattr(calibration, "SPOOL_BYTES", 1)
+    monkeypatch.setattr(calibration, "BATCH_BYTES", 7 * pixels[0].size * 4)
+    assert calibration.load_calibration(tmp_path / "imgs", PRE).spooled
+    streamed, streamed_metrics = reference_and_verdict("streamed")
+    assert streamed.calibration_digest == whole.calibration_digest and streamed.names == whole.names
+    np.testing.assert_array_equal(streamed.outputs, whole.outputs)
+    ref = timm_forward(timm_fixture, normalize(pixels, PRE))
+    assert np.abs(streamed.outputs - ref).max() / np.abs(ref).max() < 1e-4
+    assert streamed_metrics["images"] == 30
+    for key in ("cosine_mean", "max_abs_err", "top1_agreement", "accuracy", "top1_drop"):
+        assert streamed_metrics[key] == whole_metrics[key], key

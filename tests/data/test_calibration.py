@@ -187,3 +187,51 @@ def test_every_bad_image_kind_is_skipped_and_named_every_odd_one_decoded(tmp_pat
     np.testing.assert_allclose(px["gray16.png"], [128, 128, 128], atol=0)  # scaled, not clipped to 255
     np.testing.assert_allclose(px["really-a-png.jpg"], [255, 0, 0], atol=0)
     json.dumps(cal.names, ensure_ascii=False).encode("utf-8")  # printable everywhere downstream
+
+
+def _spool_everything(monkeypatch, batch_images: int, size: int = 64) -> None:
+    """Thresholds small enough that a test-sized set streams: spooled to disk, `batch_images` per batch."""
+    from xcit_edge.data import calibration
+
+    monkeypatch.setattr(calibration, "SPOOL_BYTES", 1)
+    monkeypatch.setattr(calibration, "BATCH_BYTES", batch_images * size * size * 3 * 4)
+
+
+def test_a_large_set_streams_from_disk_and_is_the_same_set(tmp_path, monkeypatch):
+    """Spooled to a temp file and read back in batches, the set has the same pixels, digests, labels and
+    model inputs as one decoded into memory (a reference made one way validates the other)."""
+    write_folder(tmp_path / "imgs", per_class=3, size=80, seed=4)  # 30 images, 80 px -> resized to 64
+    whole = load_calibration(tmp_path / "imgs", PRE, class_names=list(CLASSES))
+    _spool_everything(monkeypatch, batch_images=7)
+    spooled = load_calibration(tmp_path / "imgs", PRE, class_names=list(CLASSES))
+    assert spooled.spooled and not whole.spooled and spooled.pixels.shape == whole.pixels.shape == (30, 64, 64, 3)
+    np.testing.assert_array_equal(np.asarray(spooled.pixels), whole.pixels)
+    assert spooled.images_digest == whole.images_digest and spooled.digest == whole.digest
+    assert spooled.labels.tolist() == whole.labels.tolist() and spooled.names == whole.names
+    batches = list(spooled.batches(PRE, False, spooled.batch_rows()))
+    assert [len(b) for b in batches] == [7, 7, 7, 7, 2]
+    np.testing.assert_array_equal(np.concatenate(batches), whole.model_ready(PRE, False))
+    np.testing.assert_array_equal(spooled.take(5).pixels, whole.pixels[:5])
+    np.testing.assert_array_equal(spooled.pixels[-1], whole.pixels[-1])
+
+
+def test_spooling_without_the_disk_for_it_is_one_clear_error(tmp_path, monkeypatch):
+    import shutil
+
+    from xcit_edge.data import calibration
+
+    write_folder(tmp_path / "imgs", per_class=1, size=64, seed=4)
+    _spool_everything(monkeypatch, batch_images=2)
+    monkeypatch.setattr(calibration.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 100))
+    with pytest.raises(UsageError, match=r"needs 0\.1 MB of temporary disk in .* 0\.0 MB free: set TMPDIR"):
+        load_calibration(tmp_path / "imgs", PRE)
+    monkeypatch.undo()
+    _spool_everything(monkeypatch, batch_images=2)
+
+    class FullDisk:
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(calibration.tempfile, "TemporaryFile", lambda **kw: FullDisk())
+    with pytest.raises(UsageError, match=r"cannot spool decoded images to .*No space left on device"):
+        load_calibration(tmp_path / "imgs", PRE)

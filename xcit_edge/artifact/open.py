@@ -10,6 +10,7 @@ options in a child process (`artifact.smoke`), so a runtime that aborts natively
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,14 @@ class OpenArtifact:
 
     def inputs(self, cal: CalibrationSet, pre: Preprocessing) -> np.ndarray:
         """The calibration images in this artifact's input contract (baked uint8, or float NHWC/NCHW)."""
-        x = cal.model_ready(pre, self.manifest.baked)
+        return self._contract(cal.model_ready(pre, self.manifest.baked))
+
+    def input_batches(self, cal: CalibrationSet, pre: Preprocessing) -> Iterator[np.ndarray]:
+        """`inputs`, a batch at a time (a spooled set is never in memory whole)."""
+        for x in cal.batches(pre, self.manifest.baked, cal.batch_rows()):
+            yield self._contract(x)
+
+    def _contract(self, x: np.ndarray) -> np.ndarray:
         return x if self.manifest.baked else to_layout(x, self.manifest.io.input.layout or "NHWC")
 
 

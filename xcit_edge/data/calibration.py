@@ -19,6 +19,11 @@ Grayscale, palette, CMYK and RGBA images become RGB as timm's loader makes them 
 dropped); 16-bit images are scaled to 8 bits (Pillow's own conversion would saturate them).
 Symbolic links to folders are not followed below the top level (no loops); file names that
 are not UTF-8 are shown with replacement characters.
+
+Large sets stream: decoded pixels beyond SPOOL_BYTES go to an unlinked temporary file
+(`SpooledPixels`, in the system temp dir: set TMPDIR to move it) as each image is decoded,
+and `CalibrationSet.batches` reads them back a batch at a time, so the 50,000 images of
+ImageNet-val (7.5 GB as 224 px uint8, 30 GB as float inputs) never sit in memory at once.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ import hashlib
 import logging
 import math
 import os
+import shutil
+import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -44,7 +51,77 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
 MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs rather than warn
 MAX_ARRAY_BYTES = 8 << 30
+SPOOL_BYTES = 256 << 20  # decoded uint8 pixels above this are spooled to a temp file instead of memory
+BATCH_BYTES = 64 << 20  # float32 model inputs per streamed batch
 Progress = Callable[[int, int], None]
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+class SpooledPixels:
+    """uint8 (N, H, W, 3) images in an unlinked temporary file, read back a slice at a time.
+
+    Array-like where the code needs it (shape, dtype, len, slicing, np.asarray for small sets):
+    a slice is a fresh in-memory array of just those rows, so a consumer that walks it in batches
+    holds one batch, and nothing is left on disk when the process ends, however it ends."""
+
+    def __init__(self, image_shape: tuple[int, ...], capacity: int):
+        self.dtype = np.dtype(np.uint8)
+        self.image_shape = tuple(image_shape)
+        self._row = int(np.prod(self.image_shape))
+        self._need_disk(capacity * self._row)
+        self._file = tempfile.TemporaryFile(prefix="xcit-edge-pixels-")
+        self._n = 0
+
+    def _need_disk(self, needed: int) -> None:
+        where = tempfile.gettempdir()
+        free = shutil.disk_usage(where).free
+        if free < needed:
+            raise UsageError(f"decoding these images needs {_size(needed)} of temporary disk in {where}, which has "
+                             f"{_size(free)} free: set TMPDIR to a larger disk, or use fewer images")
+
+    def append(self, pixels: np.ndarray) -> None:
+        if pixels.shape != self.image_shape or pixels.dtype != self.dtype:
+            raise ValueError(f"spooled image {pixels.dtype} {pixels.shape}, expected uint8 {self.image_shape}")
+        try:
+            self._file.write(np.ascontiguousarray(pixels).tobytes())
+        except OSError as e:  # ENOSPC once the disk fills after all
+            raise UsageError(f"cannot spool decoded images to {tempfile.gettempdir()}: {first_line(e)}") from e
+        self._n += 1
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self._n, *self.image_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.image_shape)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        count = max(0, stop - start)
+        self._file.flush()
+        data = os.pread(self._file.fileno(), count * self._row, start * self._row)
+        return np.frombuffer(data, np.uint8).reshape(count, *self.image_shape).copy()
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self._n)
+            return self._rows(start, stop) if step == 1 else np.asarray(self)[key]
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (self._n if key < 0 else 0)
+            if not 0 <= i < self._n:
+                raise IndexError(key)
+            return self._rows(i, i + 1)[0]
+        return np.asarray(self)[key]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        rows = self._rows(0, self._n)
+        return rows if dtype is None else rows.astype(dtype)
 
 
 @dataclass
@@ -57,9 +134,14 @@ class CalibrationSet:
     names: list[str]
     source: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    _images_digest: str | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def spooled(self) -> bool:
+        return isinstance(self.pixels, SpooledPixels)
 
     @property
     def digest(self) -> str:
@@ -67,8 +149,24 @@ class CalibrationSet:
 
     @property
     def images_digest(self) -> str:
-        """The images alone (labels aside): what a reference and a validation run must share."""
-        return _digest(self.pixels, self.floats)
+        """The images alone (labels aside): what a reference and a validation run must share. Computed
+        once (the images never change; a spooled set is read back from its file for it, a block at a time)."""
+        if self._images_digest is None:
+            self._images_digest = _digest(self.pixels, self.floats)
+        return self._images_digest
+
+    def batch_rows(self, multiple: int = 1) -> int:
+        """Images per streamed batch: about BATCH_BYTES of float inputs, a multiple of `multiple`."""
+        h, w = self._images().shape[1:3]
+        return max(1, batch_images((h, w)) // multiple) * multiple
+
+    def batches(self, pre: Preprocessing, baked: bool, rows: int) -> Iterator[np.ndarray]:
+        """`model_ready` inputs `rows` images at a time, in order: what a run over a large set walks."""
+        for start in range(0, len(self), rows):
+            yield self.slice(start, start + rows).model_ready(pre, baked)
+
+    def _images(self):
+        return self.floats if self.floats is not None else self.pixels
 
     def model_ready(self, pre: Preprocessing, baked: bool) -> np.ndarray:
         """NHWC inputs: uint8 pixels for baked models, normalized float32 otherwise."""
@@ -83,19 +181,26 @@ class CalibrationSet:
         return normalize(self.pixels, pre)
 
     def take(self, n: int) -> CalibrationSet:
-        """The first `n` items (the order is deterministic: sorted names / array order)."""
+        """The first `n` items (the order is deterministic: sorted names / array order), in memory."""
+        return self.slice(0, n)
+
+    def slice(self, start: int, stop: int) -> CalibrationSet:
         def cut(a):
-            return (None if a is None else a[:n])
-        return CalibrationSet(cut(self.pixels), cut(self.floats), cut(self.labels), self.names[:n],
+            return None if a is None else a[start:stop]
+        return CalibrationSet(cut(self.pixels), cut(self.floats), cut(self.labels), self.names[start:stop],
                               self.source, self.skipped)
 
 
-def _digest(*arrays: np.ndarray | None) -> str:
+def _digest(*arrays) -> str:
+    """sha256 of each array's shape, dtype and C-order bytes, fed a block of rows at a time (the same
+    digest for an in-memory array and for SpooledPixels holding the same images)."""
     h = hashlib.sha256()
     for arr in arrays:
         if arr is not None:
             h.update(str(arr.shape).encode() + arr.dtype.str.encode())
-            h.update(np.ascontiguousarray(arr).tobytes())
+            step = max(1, BATCH_BYTES // max(1, arr.dtype.itemsize * int(np.prod(arr.shape[1:]))))
+            for i in range(0, max(1, len(arr)), step):
+                h.update(np.ascontiguousarray(arr[i:i + step]).tobytes())
     return h.hexdigest()
 
 
@@ -257,25 +362,41 @@ def subset_definitions() -> dict[str, Path]:
     return {p.stem: p for p in sorted(data_dir("calibration").glob("*.txt"))}
 
 
+def spools(images: int, input_hw: tuple[int, int]) -> bool:
+    """Whether `images` decoded at `input_hw` go to a temp file (SpooledPixels) rather than memory."""
+    return images * input_hw[0] * input_hw[1] * 3 > SPOOL_BYTES
+
+
+def batch_images(input_hw: tuple[int, int]) -> int:
+    """Images per streamed batch at `input_hw` (BATCH_BYTES of float32 inputs; at least one)."""
+    return max(1, BATCH_BYTES // (4 * 3 * input_hw[0] * input_hw[1]))
+
+
 def _decode_all(files: list[Path], labels: list[int | None], pre: Preprocessing, source: str,
                 progress: Progress | None) -> CalibrationSet:
+    spool = SpooledPixels((*pre.size, 3), len(files)) if spools(len(files), pre.size) else None
     pixels, names, kept, skipped = [], [], [], []
     for i, (p, lab) in enumerate(zip(files, labels, strict=True)):
         try:
-            pixels.append(decode_image(p, pre))
-            names.append(display_name(p))
-            kept.append(lab)
+            image = decode_image(p, pre)
         except Exception as e:  # noqa: BLE001 - an untrusted file Pillow (or a plugin bug) rejects: skip it
             skipped.append((display_name(p), first_line(e)))
+        else:
+            if spool is not None:
+                spool.append(image)  # a full disk is the run's error, not this image's
+            else:
+                pixels.append(image)
+            names.append(display_name(p))
+            kept.append(lab)
         if progress:
             progress(i + 1, len(files))
     if skipped:
         shown = ", ".join(Path(n).name for n, _ in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
         log.warning("%s: skipped %d unreadable image(s): %s", source, len(skipped), shown)
-    if not pixels:
+    if not names:
         raise UsageError(f"{source}: no usable images ({len(files)} files, {len(skipped)} unreadable)")
     lab = None if any(k is None for k in kept) else np.array(kept, np.int64)
-    return CalibrationSet(np.stack(pixels), None, lab, names, source, skipped)
+    return CalibrationSet(spool if spool is not None else np.stack(pixels), None, lab, names, source, skipped)
 
 
 def _load_array(path: Path, pre: Preprocessing) -> CalibrationSet:
@@ -322,9 +443,10 @@ def _array_set(path: Path, pre: Preprocessing) -> CalibrationSet:
 def load_calibration(data: str | os.PathLike, pre: Preprocessing, *, class_names: list[str] | None = None,
                      labels_file: Path | None = None, limit: int | None = None,
                      progress: Progress | None = None,
-                     before_decode: Callable[[int], None] | None = None) -> CalibrationSet:
+                     before_decode: Callable[[int, bool], None] | None = None) -> CalibrationSet:
     """Resolve DATA (see the module doc) and decode up to `limit` items for preprocessing `pre`;
-    `before_decode(n)` hears how many images are about to be decoded (a memory check may refuse)."""
+    `before_decode(n, spooled)` hears how many images are about to be decoded and whether they will be
+    spooled to disk (a memory check may refuse)."""
     text = str(data)
     subsets = subset_definitions()
     if text == "sample":
@@ -345,7 +467,7 @@ def load_calibration(data: str | os.PathLike, pre: Preprocessing, *, class_names
             cal = _load_array(path, pre)
             cal = cal.take(limit) if limit else cal
             if before_decode:  # the array is in memory; its float copies are not yet
-                before_decode(len(cal))
+                before_decode(len(cal), False)
             return cal
         files, labels = _folder_files(path, class_names)
         source = str(path)
@@ -356,7 +478,7 @@ def load_calibration(data: str | os.PathLike, pre: Preprocessing, *, class_names
     if limit:
         files, labels = _spread(files, labels, limit)
     if before_decode:
-        before_decode(len(files))
+        before_decode(len(files), spools(len(files), pre.size))
     return _decode_all(files, labels, pre, source, progress)
 
 

@@ -30,6 +30,7 @@ MODEL_FACTOR = 48.0
 # convert's quantizer calibration stays under 4.5 on nano): decode, normalize, the runtimes' copies
 IMAGE_FACTOR = 4.5
 REFERENCE_IMAGE_FACTOR = 3.6
+OUTPUT_BYTES = 4 * 1000  # one output row kept per image: 1000 float32 logits (XCiT features are <= 512 wide)
 _CGROUP_FILES = (("memory.max", "memory.current"), ("memory.limit_in_bytes", "memory.usage_in_bytes"))  # v2, v1
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": GIB, "T": 1 << 40}
 
@@ -137,11 +138,18 @@ def check_model(model_bytes: int, max_memory: int | None) -> None:
 
 
 def image_budget(model_bytes: int, input_hw: tuple[int, int], max_memory: int | None,
-                 image_factor: float = IMAGE_FACTOR, loaded_bytes: int = 0):
+                 image_factor: float = IMAGE_FACTOR, loaded_bytes: int = 0, streaming: bool = False,
+                 outputs: int = 0):
     """A `load_calibration(before_decode=...)` hook: checks the run with the number of images about to be
-    decoded, before any is."""
-    def check(images: int) -> None:
-        check_fits(estimate(model_bytes, input_hw, images, image_factor, loaded_bytes), max_memory)
+    decoded, before any is. `streaming`: the run walks the set in batches, so a set spooled to disk holds
+    one batch of images in memory (`calibration.batch_images`); `outputs`: results kept for every image
+    whatever streams (a reference's and each artifact's outputs, OUTPUT_BYTES each)."""
+    from xcit_edge.data.calibration import batch_images
+
+    def check(images: int, spooled: bool = False) -> None:
+        held = min(images, batch_images(input_hw)) if streaming and spooled else images
+        est = estimate(model_bytes, input_hw, held, image_factor, loaded_bytes + outputs * OUTPUT_BYTES * images)
+        check_fits(est, max_memory)
     return check
 
 
