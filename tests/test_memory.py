@@ -66,3 +66,19 @@ def test_too_many_images_are_refused_before_any_is_decoded(command, fixture_dir,
     assert "200 calibration images" in line and "images or fewer" in line
     assert not (tmp_path / "ref.npz").exists()
     assert run(*args, "--max-memory", limit, "--max-images", 20).exit_code == 0  # what the message says to do
+
+
+def test_convert_is_estimated_by_its_heaviest_backend_and_each_other_one():
+    from xcit_edge.util.memory import CONVERT_FACTORS, EXTRA_BACKEND_FACTOR, REFERENCE_FACTOR, convert_factor
+
+    assert convert_factor(["onnx", "onnx"]) == CONVERT_FACTORS["onnx"]
+    assert convert_factor(["onnx", "tflite"]) == CONVERT_FACTORS["tflite"] + EXTRA_BACKEND_FACTOR
+    assert convert_factor(["onnx", "openvino", "tflite"]) == CONVERT_FACTORS["tflite"] + 2 * EXTRA_BACKEND_FACTOR
+    assert min(CONVERT_FACTORS.values()) > REFERENCE_FACTOR  # converting holds more copies than running
+    from xcit_edge.util.memory import check_model
+
+    large = 762_000_000  # xcit_large_24_p16_224's SavedModel: refused on a 24 GiB machine by the old 48x estimate
+    check_model(large, int(19.9 * GIB), convert_factor(["onnx"]))
+    check_model(large, int(19.9 * GIB), convert_factor(CONVERT_FACTORS))  # every target in one process
+    with pytest.raises(UsageError, match="needs about"):
+        check_model(large, 6 * GIB, convert_factor(["tflite"]))

@@ -35,7 +35,7 @@ from xcit_edge.reference import REFERENCE_FILE, ReferenceOptions, run_reference
 from xcit_edge.source.resolve import resolve
 from xcit_edge.targets import TargetSpec
 from xcit_edge.util.fs import atomic_dir, check_output_dir, output_lock, sha256_tree
-from xcit_edge.util.memory import check_model, image_budget, release_freed_memory, tree_bytes
+from xcit_edge.util.memory import check_model, convert_factor, image_budget, release_freed_memory, tree_bytes
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,8 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
     placement = _reference_placement(opts.reference)  # a TPU that is not there fails before any conversion
     src = resolve(model, weights=opts.weights)
     model_bytes = tree_bytes(src.path)
-    check_model(model_bytes, opts.max_memory)  # before the model is loaded
+    factor = convert_factor(t.backend for t in targets)
+    check_model(model_bytes, opts.max_memory, factor)  # before the model is loaded
     graph = prepare(src.path, signature=opts.signature, output_key=opts.output_key,
                     preprocessing=opts.preprocessing, bake_preprocessing=opts.bake_preprocessing,
                     allow_unknown=opts.allow_unknown_model, fuse=opts.fuse,
@@ -277,7 +278,7 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
         raise UsageError("--max-drop measures a top-1 drop: it needs a classifier, not a feature extractor")
     targets = [_with_options(t, opts) for t in targets]
     cal = _calibration(graph, targets, opts, progress,
-                       image_budget(model_bytes, graph.preprocessing.size, opts.max_memory))
+                       image_budget(model_bytes, graph.preprocessing.size, opts.max_memory, model_factor=factor))
     calib_inputs = graph.model_input(cal.model_ready(graph.preprocessing, graph.baked))
     drop_check = None
     if opts.max_drop is not None and any(t.quantized for t in targets):

@@ -1,14 +1,18 @@
-"""Will a conversion fit in memory? Said before the work starts, instead of the kernel's OOM kill later.
+"""Will a run fit in memory? Said before the work starts, instead of the kernel's OOM kill later.
 
-The estimate is a linear model of peak resident memory fitted to measurements of `convert` (every
-target; `benchmarks/convert.py` reruns them and prints measured peak / estimate):
+The estimate is a linear model of peak resident memory, per command, fitted to measurements
+(`benchmarks/convert.py` reruns `convert` of every target and prints measured peak / estimate;
+`benchmarks/memory.py` measures the per-image terms):
 
-    peak ≈ runtimes + MODEL_FACTOR × SavedModel bytes + IMAGE_FACTOR × float input bytes × images
+    peak ≈ runtimes + factor × SavedModel bytes + image factor × float input bytes × images held
+           + what stays loaded (artifacts in their runtimes, outputs kept per image)
 
-The model term is large because one SavedModel lives several times over while it is frozen,
-rewritten, probed and converted (TF's loaded variables, the frozen GraphDef, grappler's copies,
-each converter's own graph). The limit is `--max-memory`, else what the machine can give now
-(MemAvailable, capped by a cgroup limit: containers and CI runners).
+The model factor is the command's: `convert` takes the largest of its targets' backends
+(CONVERT_FACTORS: each converter parses its own copy of the graph and its weights, TFLite's MLIR
+converter several), `reference` and `validate --source` REFERENCE_FACTOR (TF's loaded variables and
+the frozen graph). A set spooled to disk holds one batch of images (`data/calibration.py`). The limit
+is `--max-memory`, else what the machine can give now (MemAvailable, capped by a cgroup limit:
+containers and CI runners).
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ from pathlib import Path
 from xcit_edge.errors import UsageError
 
 GIB = 1 << 30
-# Fitted to `convert --target all` peaks of nano and small_12; benchmarks/convert.py prints measured peak /
-# estimate per target and for all six (README "Conversion cost": 0.59-0.98).
 RUNTIMES_BYTES = int(1.3 * GIB)  # TensorFlow, ONNX Runtime, OpenVINO, LiteRT, NNCF imported and initialized
-MODEL_FACTOR = 48.0
+# Peak growth per SavedModel byte, fitted (rounded up) to the per-target peaks of small_12, medium_24 and
+# large_24_p16_224 (README "Memory estimate"): the converter's own copies of the graph and its weights.
+CONVERT_FACTORS = {"onnx": 7.0, "openvino": 9.0, "tflite": 12.0}
+# each further backend converted in the same process: what the earlier converters leave behind (heap, arenas;
+# medium_24's nine targets in one `convert` peaked 1.1 GB above its worst single target, 3.4x the model)
+EXTRA_BACKEND_FACTOR = 2.0
+REFERENCE_FACTOR = 4.0  # reference, validate --source: the loaded SavedModel, its frozen graph, the serving run
 # per decoded image, in float32 inputs (benchmarks/memory.py measures the slopes: validate 4.6, reference 3.6;
 # convert's quantizer calibration stays under 4.5 on nano): decode, normalize, the runtimes' copies
 IMAGE_FACTOR = 4.5
@@ -71,12 +79,19 @@ def tree_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file() and not p.is_symlink())
 
 
+def convert_factor(backends) -> float:
+    """The model factor of a `convert` to these backends in one process: the largest of them, plus
+    EXTRA_BACKEND_FACTOR for each other backend."""
+    found = {b: CONVERT_FACTORS.get(b, max(CONVERT_FACTORS.values())) for b in backends}
+    return max(found.values()) + EXTRA_BACKEND_FACTOR * (len(found) - 1)
+
+
 def estimate(model_bytes: int, input_hw: tuple[int, int], images: int, image_factor: float = IMAGE_FACTOR,
-             loaded_bytes: int = 0) -> Estimate:
-    """Peak of a run over a SavedModel of `model_bytes` (0: none), `images` decoded at `input_hw`, plus
-    `loaded_bytes` held as they are (artifacts in their runtimes)."""
+             loaded_bytes: int = 0, model_factor: float = REFERENCE_FACTOR) -> Estimate:
+    """Peak of a run over a SavedModel of `model_bytes` (0: none) with `model_factor` (the command's),
+    `images` decoded at `input_hw`, plus `loaded_bytes` held as they are (artifacts in their runtimes)."""
     per_image = image_factor * input_hw[0] * input_hw[1] * 3 * 4
-    return Estimate(RUNTIMES_BYTES, int(MODEL_FACTOR * model_bytes) + loaded_bytes, int(per_image * images), images)
+    return Estimate(RUNTIMES_BYTES, int(model_factor * model_bytes) + loaded_bytes, int(per_image * images), images)
 
 
 def available_memory() -> tuple[int | None, str]:
@@ -132,14 +147,14 @@ def release_freed_memory() -> None:
         pass
 
 
-def check_model(model_bytes: int, max_memory: int | None) -> None:
+def check_model(model_bytes: int, max_memory: int | None, model_factor: float = REFERENCE_FACTOR) -> None:
     """Before a SavedModel of `model_bytes` is loaded: the runtimes and the model alone must fit."""
-    check_fits(estimate(model_bytes, (0, 0), 0), max_memory)
+    check_fits(estimate(model_bytes, (0, 0), 0, model_factor=model_factor), max_memory)
 
 
 def image_budget(model_bytes: int, input_hw: tuple[int, int], max_memory: int | None,
                  image_factor: float = IMAGE_FACTOR, loaded_bytes: int = 0, streaming: bool = False,
-                 outputs: int = 0):
+                 outputs: int = 0, model_factor: float = REFERENCE_FACTOR):
     """A `load_calibration(before_decode=...)` hook: checks the run with the number of images about to be
     decoded, before any is. `streaming`: the run walks the set in batches, so a set spooled to disk holds
     one batch of images in memory (`calibration.batch_images`); `outputs`: results kept for every image
@@ -148,7 +163,8 @@ def image_budget(model_bytes: int, input_hw: tuple[int, int], max_memory: int | 
 
     def check(images: int, spooled: bool = False) -> None:
         held = min(images, batch_images(input_hw)) if streaming and spooled else images
-        est = estimate(model_bytes, input_hw, held, image_factor, loaded_bytes + outputs * OUTPUT_BYTES * images)
+        est = estimate(model_bytes, input_hw, held, image_factor, loaded_bytes + outputs * OUTPUT_BYTES * images,
+                       model_factor)
         check_fits(est, max_memory)
     return check
 
