@@ -52,10 +52,10 @@ def main() -> None:
 
     print(machine_line(), flush=True)
     cli = [sys.executable, "-m", "xcit_edge.cli", "--quiet"]
-    from xcit_edge.convert import ConvertOptions, calibration_limit
+    from xcit_edge.convert import ConvertOptions, calibration_limit, convert_memory_factor
     from xcit_edge.model.zoo import get_config
     from xcit_edge.targets import parse_targets
-    from xcit_edge.util.memory import convert_factor, estimate, tree_bytes
+    from xcit_edge.util.memory import estimate, tree_bytes
 
     specs = {t.name: t for t in parse_targets(args.targets)}
     targets = list(specs)
@@ -71,7 +71,7 @@ def main() -> None:
         for target in ["onnx"] + [t for t in targets if t != "onnx"] + (["all"] if len(targets) > 1 else []):
             chosen = list(specs.values()) if target == "all" else [specs[target]]
             est = estimate(tree_bytes(sm), (size, size), calibration_limit(chosen, ConvertOptions()),
-                           model_factor=convert_factor(t.backend for t in chosen))
+                           model_factor=convert_memory_factor(chosen))
             target = ",".join(targets) if target == "all" else target
             out = tmp / f"{model}-{target}"
             proc, seconds, peak = measured([*cli, "convert", str(sm), "--target", target, "--out", str(out), "--json",

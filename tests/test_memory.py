@@ -69,16 +69,23 @@ def test_too_many_images_are_refused_before_any_is_decoded(command, fixture_dir,
 
 
 def test_convert_is_estimated_by_its_heaviest_backend_and_each_other_one():
-    from xcit_edge.util.memory import CONVERT_FACTORS, EXTRA_BACKEND_FACTOR, REFERENCE_FACTOR, convert_factor
+    from xcit_edge.backends import all_backends
+    from xcit_edge.convert import convert_memory_factor
+    from xcit_edge.targets import all_targets
+    from xcit_edge.util.memory import EXTRA_BACKEND_FACTOR, REFERENCE_FACTOR, check_model
 
-    assert convert_factor(["onnx", "onnx"]) == CONVERT_FACTORS["onnx"]
-    assert convert_factor(["onnx", "tflite"]) == CONVERT_FACTORS["tflite"] + EXTRA_BACKEND_FACTOR
-    assert convert_factor(["onnx", "openvino", "tflite"]) == CONVERT_FACTORS["tflite"] + 2 * EXTRA_BACKEND_FACTOR
-    assert min(CONVERT_FACTORS.values()) > REFERENCE_FACTOR  # converting holds more copies than running
-    from xcit_edge.util.memory import check_model
+    factors = {name: b.CONVERT_MEMORY_FACTOR for name, b in all_backends().items()}
+    first = {}
+    for spec in all_targets().values():
+        first.setdefault(spec.backend, spec)
+    onnx, openvino, tflite = first["onnx"], first["openvino"], first["tflite"]
+    assert convert_memory_factor([onnx, onnx]) == factors["onnx"]  # one backend counts once
+    assert convert_memory_factor([onnx, tflite]) == max(factors["onnx"], factors["tflite"]) + EXTRA_BACKEND_FACTOR
+    assert convert_memory_factor([onnx, openvino, tflite]) == max(factors.values()) + 2 * EXTRA_BACKEND_FACTOR
+    assert min(factors.values()) > REFERENCE_FACTOR  # converting holds more copies than running
 
     large = 762_000_000  # xcit_large_24_p16_224's SavedModel: refused on a 24 GiB machine by the old 48x estimate
-    check_model(large, int(19.9 * GIB), convert_factor(["onnx"]))
-    check_model(large, int(19.9 * GIB), convert_factor(CONVERT_FACTORS))  # every target in one process
+    check_model(large, int(19.9 * GIB), convert_memory_factor([onnx]))
+    check_model(large, int(19.9 * GIB), convert_memory_factor(list(all_targets().values())))  # all in one process
     with pytest.raises(UsageError, match="needs about"):
-        check_model(large, 6 * GIB, convert_factor(["tflite"]))
+        check_model(large, 6 * GIB, convert_memory_factor([tflite]))

@@ -261,13 +261,19 @@ def convert(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptio
         return _convert_locked(model, targets, out, opts, progress)
 
 
+def convert_memory_factor(targets: list[TargetSpec]) -> float:
+    """The memory estimate's model factor of converting to `targets` in one process (each distinct
+    backend's CONVERT_MEMORY_FACTOR, combined by `util.memory.convert_factor`)."""
+    return convert_factor({t.backend: backend(t.backend).CONVERT_MEMORY_FACTOR for t in targets}.values())
+
+
 def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptions,
                     progress: Progress | None) -> list[ArtifactResult]:
     check_output_dir(out, opts.force)  # before minutes of work
     placement = _reference_placement(opts.reference)  # a TPU that is not there fails before any conversion
     src = resolve(model, weights=opts.weights)
     model_bytes = tree_bytes(src.path)
-    factor = convert_factor(t.backend for t in targets)
+    factor = convert_memory_factor(targets)
     check_model(model_bytes, opts.max_memory, factor)  # before the model is loaded
     graph = prepare(src.path, signature=opts.signature, output_key=opts.output_key,
                     preprocessing=opts.preprocessing, bake_preprocessing=opts.bake_preprocessing,

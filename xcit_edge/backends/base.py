@@ -97,6 +97,8 @@ class Backend(Protocol):
         MODES: the quantization modes its target specs may name.
         RUN_OPTIONS: spec options a `convert` run may switch on for every target of this backend
             (ConvertOptions fields of the same name, e.g. `inline_functions`).
+        CONVERT_MEMORY_FACTOR: peak memory growth of converting to it, per SavedModel byte (the
+            converter's own copies of the graph and weights; `util/memory.py` turns it into the estimate).
         convert_within_drop: None, or the backend's own accuracy-controlled quantization
             (`--max-drop`; precision.py falls back to relaxing `quantized_layers` otherwise).
     """
@@ -106,6 +108,7 @@ class Backend(Protocol):
     DISTRIBUTIONS: tuple[str, ...]
     MODES: tuple[QuantMode, ...]
     RUN_OPTIONS: tuple[str, ...]
+    CONVERT_MEMORY_FACTOR: float
     convert_within_drop: Callable[..., Conversion] | None
 
     def convert(self, graph: Any, spec: Any, calib: np.ndarray | None, workdir: Path) -> Conversion:

@@ -7,9 +7,9 @@ The estimate is a linear model of peak resident memory, per command, fitted to m
     peak ≈ runtimes + factor × SavedModel bytes + image factor × float input bytes × images held
            + what stays loaded (artifacts in their runtimes, outputs kept per image)
 
-The model factor is the command's: `convert` takes the largest of its targets' backends
-(CONVERT_FACTORS: each converter parses its own copy of the graph and its weights, TFLite's MLIR
-converter several), `reference` and `validate --source` REFERENCE_FACTOR (TF's loaded variables and
+The model factor is the command's: `convert` takes the largest of its targets' backends (each
+backend's CONVERT_MEMORY_FACTOR: its converter parses its own copy of the graph and its weights,
+TFLite's MLIR converter several), `reference` and `validate --source` REFERENCE_FACTOR (TF's loaded variables and
 the frozen graph). A set spooled to disk holds one batch of images (`data/calibration.py`). The limit
 is `--max-memory`, else what the machine can give now (MemAvailable, capped by a cgroup limit:
 containers and CI runners).
@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +28,6 @@ from xcit_edge.errors import UsageError
 
 GIB = 1 << 30
 RUNTIMES_BYTES = int(1.3 * GIB)  # TensorFlow, ONNX Runtime, OpenVINO, LiteRT, NNCF imported and initialized
-# Peak growth per SavedModel byte, fitted (rounded up) to the per-target peaks of small_12, medium_24 and
-# large_24_p16_224 (README "Memory estimate"): the converter's own copies of the graph and its weights.
-CONVERT_FACTORS = {"onnx": 7.0, "openvino": 9.0, "tflite": 12.0}
 # each further backend converted in the same process: what the earlier converters leave behind (heap, arenas;
 # medium_24's nine targets in one `convert` peaked 1.1 GB above its worst single target, 3.4x the model)
 EXTRA_BACKEND_FACTOR = 2.0
@@ -79,11 +77,11 @@ def tree_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def convert_factor(backends) -> float:
-    """The model factor of a `convert` to these backends in one process: the largest of them, plus
-    EXTRA_BACKEND_FACTOR for each other backend."""
-    found = {b: CONVERT_FACTORS.get(b, max(CONVERT_FACTORS.values())) for b in backends}
-    return max(found.values()) + EXTRA_BACKEND_FACTOR * (len(found) - 1)
+def convert_factor(backend_factors: Iterable[float]) -> float:
+    """The model factor of a `convert` in one process to backends with these CONVERT_MEMORY_FACTORs (one
+    per distinct backend): the largest, plus EXTRA_BACKEND_FACTOR for each other backend."""
+    found = list(backend_factors)
+    return max(found) + EXTRA_BACKEND_FACTOR * (len(found) - 1)
 
 
 def estimate(model_bytes: int, input_hw: tuple[int, int], images: int, image_factor: float = IMAGE_FACTOR,

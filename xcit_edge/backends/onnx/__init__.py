@@ -356,6 +356,9 @@ NAME = "onnx"
 RUNTIME_MODULE = "onnxruntime"
 DISTRIBUTIONS = ("onnxruntime", "tf2onnx", "onnx")
 MODES = (FLOAT, QuantMode("qdq-static", integer=True, calibrated=True), QuantMode("dynamic", integer=True))
+# peak growth of `convert` per SavedModel byte, fitted (rounded up) to small_12, medium_24 and large_24
+# (README "Memory estimate"): tf2onnx's parsed graph, the ONNX model, its rewrites and ONNX Runtime's check session
+CONVERT_MEMORY_FACTOR = 7.0
 RUN_OPTIONS = ("inline_functions",)
 convert_within_drop = None
 register(sys.modules[__name__])

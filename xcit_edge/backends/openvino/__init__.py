@@ -227,5 +227,8 @@ NAME = "openvino"
 RUNTIME_MODULE = "openvino"
 DISTRIBUTIONS = ("openvino", "nncf")
 MODES = (FLOAT, QuantMode("nncf", integer=True, calibrated=True))
+# peak growth of `convert` per SavedModel byte, fitted (rounded up) to small_12, medium_24 and large_24
+# (README "Memory estimate"): the ONNX model OpenVINO reads, its IR and the compiled check model
+CONVERT_MEMORY_FACTOR = 9.0
 RUN_OPTIONS = ()
 register(sys.modules[__name__])

@@ -530,6 +530,9 @@ DISTRIBUTIONS = ("ai-edge-litert", "ai-edge-quantizer", "mediapipe")
 MODES = (FLOAT, QuantMode("fp16-weights"), QuantMode("full-integer", integer=True, calibrated=True),
          QuantMode("int16x8", integer=True, calibrated=True), QuantMode("aeq-static", integer=True, calibrated=True),
          QuantMode("aeq-dynamic", integer=True), QuantMode("aeq-full", integer=True, calibrated=True))
+# peak growth of `convert` per SavedModel byte, fitted (rounded up) to small_12, medium_24 and large_24
+# (README "Memory estimate"): the MLIR converter's module, its serialized flatbuffer and the interpreter check
+CONVERT_MEMORY_FACTOR = 12.0
 RUN_OPTIONS = ()
 convert_within_drop = None
 register(sys.modules[__name__])
