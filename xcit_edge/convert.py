@@ -23,7 +23,7 @@ import numpy as np
 from xcit_edge.artifact.manifest import LABELS_FILE, MANIFEST, Manifest, file_entries, library_versions, write_manifest
 from xcit_edge.artifact.smoke import smoke
 from xcit_edge.backends import backend
-from xcit_edge.backends.base import calibration_progress
+from xcit_edge.backends.base import conversion_progress, step
 from xcit_edge.data.calibration import CalibrationSet, load_calibration
 from xcit_edge.data.preprocessing import Preprocessing
 from xcit_edge.errors import ConversionError, OutputError, UsageError, XcitEdgeError, first_line
@@ -44,9 +44,10 @@ DEFAULT_CALIBRATION_IMAGES = 100
 DROP_CHECK_IMAGES = 200  # --max-drop measures on this many decoded images (a point is 2 images)
 MIN_FREE_BYTES = 1 << 20
 
-# progress(event, done, total): events "prepare" (graph.PREPARE_STEPS done), "calibration" (images decoded),
-# "target" (targets done) and "quantize" (calibration images a quantizer ran, per pass)
-Progress = Callable[[str, int, int], None]
+# progress(event, done, total[, step]): events "prepare" (graph.PREPARE_STEPS done), "calibration" (images
+# decoded), "source" (the source model runs on the check images), "target" (targets done; with the step the
+# current one is in) and "quantize" (calibration images a quantizer ran, per pass)
+Progress = Callable[..., None]
 
 
 class ArtifactCheckError(ConversionError):
@@ -175,7 +176,9 @@ def _convert_one(spec: TargetSpec, graph: PreparedGraph, cal: CalibrationSet, ca
             seconds = time.perf_counter() - t0
             extra = _write_labels(tmp, graph.labels)
             meta = _app_metadata(mod, tmp, spec, graph, opts)
+            step("running with the runtime's default options")
             defaults = _run_with_defaults(spec, tmp / conv.files[0])
+            step(f"checking against the source on {min(len(calib_inputs), CHECK_IMAGES)} images")
             check = _check(spec, mod, tmp, conv.files, calib_inputs[:CHECK_IMAGES], ref, _labels(cal),
                            "features" if graph.features else "logits")
         except OSError as e:
@@ -288,10 +291,14 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
     calib_inputs = graph.model_input(cal.model_ready(graph.preprocessing, graph.baked))
     drop_check = None
     if opts.max_drop is not None and any(t.quantized for t in targets):
+        if progress:
+            progress("source", 0, 1)
         full = graph.run(calib_inputs)
         drop_check = DropCheck(calib_inputs, full, cal.labels)
         ref = full[:CHECK_IMAGES]
     else:
+        if progress:
+            progress("source", 0, 1)
         ref = graph.run(calib_inputs[:CHECK_IMAGES])
     source_info = SourceInfo(src.ref, src.kind, str(src.path), sha256_tree(src.path), graph.arch, graph.arch_origin,
                              graph.signature_key, graph.output_key)
@@ -301,8 +308,9 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
             progress("target", i, len(targets))
         log.info("converting to %s", spec.name)
         report = (lambda d, n: progress("quantize", d, n)) if progress and spec.calibrated else None
+        steps = (lambda name, i=i: progress("target", i, len(targets), name)) if progress else None
         try:
-            with calibration_progress(report):
+            with conversion_progress(report, steps):
                 results.append(_convert_one(spec, graph, cal, calib_inputs, ref, source_info, out, opts, drop_check))
         except ConversionError as e:  # this target failed; the others may not
             log.error("%s", e)

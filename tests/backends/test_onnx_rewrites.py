@@ -256,7 +256,7 @@ def test_large_weights_reach_the_probe_session_as_shared_arrays_and_fold_exactly
     x = rng.standard_normal((2, 7, width)).astype(np.float32)
     want = _run(model, x)
     with index.shared_arrays() as held:
-        light, weights = _light_copy(model, ["m2"])
+        light, weights, _ = _light_copy(model, ["m2"])
         assert list(weights) == ["w"] and len(light.SerializeToString()) < 10_000
         optimized, report = optimize(model)
         assert list(held) == ["w"]  # this block's own: optimize shares in a block of its own
@@ -278,3 +278,28 @@ def test_probe_groups_runs_as_many_sites_as_fit_and_returns_what_one_probe_does(
             assert list(got[k]) == g
             for t in g:
                 np.testing.assert_array_equal(got[k][t], whole[t])
+
+
+def test_probe_views_are_the_rows_and_the_shape_of_the_value(monkeypatch):
+    """The rewrites' checks need the first rows (LayerNorm: per row of the last axis) or the shape (a folded
+    Reshape); a large model at 384 px probes every site in one run that way."""
+    from xcit_edge.backends.onnx.rewrites import common
+    from xcit_edge.backends.onnx.rewrites.common import probe
+
+    monkeypatch.setattr(common, "PROBE_ROWS", 3)  # fewer than the 2 x 5 rows of the model's tokens
+    model = _layernorm_model()
+    tensors = ["x", "mean", "y"]
+    whole = probe(model, tensors)
+    rows, shapes = probe(model, tensors, view="rows"), probe(model, tensors, view="shape")
+    for t in tensors:
+        v = whole[t]
+        assert tuple(shapes[t]) == (2, *v.shape[1:])  # shapes at batch 2: the batch axis tells itself apart
+        np.testing.assert_array_equal(rows[t], v.reshape(-1, v.shape[-1])[:3])
+    with pytest.raises(ValueError, match="probe view"):
+        probe(model, tensors, view="all")
+    groups = [["x", "mean"], ["d", "sq"], ["var", "y"]]
+    monkeypatch.setattr(common, "LIVE_BUDGET_BYTES", 1)  # one group per run: each run holds only its own
+    assert common._live_chunks(model, groups) == [1, 2, 3]
+    for k, values in common.probe_groups(model, groups, view="rows"):
+        for t in groups[k]:
+            np.testing.assert_array_equal(values[t], probe(model, [t], view="rows")[t])

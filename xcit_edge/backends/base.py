@@ -39,20 +39,33 @@ class QuantMode:
 
 FLOAT = QuantMode("none")
 
-# (images done, images in the pass): set by `convert` around a calibrated conversion
+# (images done, images in the pass), and the name of the step a conversion is in: set by `convert` around
+# each target's conversion
 _CALIBRATION_PROGRESS: ContextVar[Callable[[int, int], None] | None] = ContextVar("calibration_progress",
                                                                                  default=None)
+_STEP: ContextVar[Callable[[str], None] | None] = ContextVar("conversion_step", default=None)
 
 
 @contextmanager
-def calibration_progress(report: Callable[[int, int], None] | None):
-    """While converting: `report(done, total)` after each calibration image a quantizer runs (the long
-    step of an int8 target of a large model: minutes, so a person sees it move and how long is left)."""
-    token = _CALIBRATION_PROGRESS.set(report)
+def conversion_progress(images: Callable[[int, int], None] | None = None,
+                        steps: Callable[[str], None] | None = None):
+    """While converting: `images(done, total)` after each calibration image a quantizer runs (the long
+    step of an int8 target of a large model: minutes, so a person sees it move and how long is left), and
+    `steps(name)` when the conversion starts a step (`step`)."""
+    tokens = _CALIBRATION_PROGRESS.set(images), _STEP.set(steps)
     try:
         yield
     finally:
-        _CALIBRATION_PROGRESS.reset(token)
+        _STEP.reset(tokens[1])
+        _CALIBRATION_PROGRESS.reset(tokens[0])
+
+
+def step(name: str) -> None:
+    """Say which step a conversion is starting ("tf2onnx", "ONNX rewrites", "checking ..."): one of a large
+    model takes minutes, and without it a target is one silent line."""
+    report = _STEP.get()
+    if report:
+        report(name)
 
 
 class Calibration:

@@ -22,6 +22,8 @@ def _convert_stage(targets: list[str]):
             return f"preparing the graph: {PREPARE_STEPS[done]}" if done < total else "graph prepared"
         if stage == "calibration":
             return "calibration images"
+        if stage == "source":
+            return "the source model on the check images"
         if stage == "quantize":
             return f"quantizing {targets[current['target']]}: calibration images"
         current["target"] = min(done, len(targets) - 1)

@@ -27,8 +27,10 @@ class Bars:
         self.start = time.monotonic()
         self.pass_start: float | None = None  # when the current pass over calibration images began
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def __call__(self, stage: str, done: int, total: int, step: str | None = None) -> None:
         desc = self.describe(stage, done, total)
+        if step:
+            desc = f"{desc}: {step}"  # the step a long stage (a target's conversion) is in
         if stage not in self.tasks:
             self.tasks[stage] = self.bar.add_task(desc, total=total)
         self.bar.update(self.tasks[stage], completed=done, total=total, description=desc)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from xcit_edge.backends import register
-from xcit_edge.backends.base import FLOAT, Calibration, Conversion, QuantMode, op_counts, zeros_input
+from xcit_edge.backends.base import FLOAT, Calibration, Conversion, QuantMode, op_counts, step, zeros_input
 from xcit_edge.backends.onnx.export import tf_to_onnx
 from xcit_edge.backends.onnx.functions import count_xca, package_xca
 from xcit_edge.backends.onnx.index import OnnxIndex
@@ -49,7 +49,11 @@ def to_onnx(graph, opset: int):
 
 
 def _onnx_file(graph, opset: int) -> Path:
-    return _shared_file(graph, ("onnx", opset), lambda: tf_to_onnx(graph, opset))
+    def make():
+        step("tf2onnx")
+        return tf_to_onnx(graph, opset)
+
+    return _shared_file(graph, ("onnx", opset), make)
 
 
 def optimized_onnx(graph, opset: int, skip: tuple[str, ...] = ()) -> tuple[object, dict]:
@@ -63,7 +67,7 @@ def optimized_onnx(graph, opset: int, skip: tuple[str, ...] = ()) -> tuple[objec
 
         def make():
             model = to_onnx(graph, opset)
-            log.debug("onnx: rewriting")
+            step("ONNX rewrites")
             model, counts = optimize(model, tuple(skip), original=lambda: to_onnx(graph, opset))
             rewrites.update(counts)
             return model
@@ -83,7 +87,7 @@ def _shared_file(graph, key: tuple, make) -> Path:
         log.debug("%s: saving", key[0])
         onnx.save(model, str(path))
         del model
-        log.debug("%s: checking", key[0])
+        step("ONNX checker")
         try:  # from the file: no second copy of the model in this process
             onnx.checker.check_model(str(path), full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
@@ -120,8 +124,10 @@ def _quantize_qdq(src: Path, dst: Path, calib: np.ndarray, spec) -> None:
 
     keep = set(spec.quantization.get("keep_float", []))
     keep_nodes = list(spec.quantization.get("keep_nodes", []))  # convert --max-drop's choice of nodes
+    step("ONNX Runtime pre-processing")
     pre = _preprocessed(src)
     op_types = sorted({n.op_type for n in onnx.load(str(pre)).graph.node} - keep)
+    step("ONNX Runtime static quantization")
     quantize_static(
         str(pre), str(dst), _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types,

@@ -24,7 +24,7 @@ import numpy as np
 
 from xcit_edge.backends import onnx as onnx_backend
 from xcit_edge.backends import register
-from xcit_edge.backends.base import FLOAT, Calibration, Conversion, QuantMode, op_counts, zeros_input
+from xcit_edge.backends.base import FLOAT, Calibration, Conversion, QuantMode, op_counts, step, zeros_input
 from xcit_edge.errors import ConversionError, UsageError, first_line
 from xcit_edge.graph.xca_names import block_exits, count_blocks
 from xcit_edge.util.batching import in_batches
@@ -38,6 +38,7 @@ def to_openvino(graph, batch: int | None = None, opset: int = onnx_backend.DEFAU
     import openvino as ov
 
     onnx_model, _ = onnx_backend.optimized_onnx(graph, opset)
+    step("OpenVINO conversion")
     try:
         model = ov.convert_model(io.BytesIO(onnx_model.SerializeToString()))
         if batch is not None:
@@ -64,6 +65,7 @@ def _nncf_quantize(model, calib: np.ndarray, spec):
     import nncf
 
     kwargs = _ignored_scope(spec)
+    step("NNCF quantization")
     with nncf_off_stdout():
         return nncf.quantize(model, nncf.Dataset(Calibration(list(calib[:, None]))),
                              model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib), **kwargs)

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from xcit_edge.backends import register
-from xcit_edge.backends.base import FLOAT, Calibration, Conversion, QuantMode, op_counts, zeros_input
+from xcit_edge.backends.base import FLOAT, Calibration, Conversion, QuantMode, op_counts, step, zeros_input
 from xcit_edge.backends.tflite import equalize as tflite_equalize
 from xcit_edge.backends.tflite import int16 as tflite_int16
 from xcit_edge.backends.tflite import rewrite as tflite_rewrite
@@ -142,6 +142,7 @@ def with_signature(data: bytes) -> bytes:
 
 
 def _converted(conv, name: str) -> bytes:
+    step("TFLite converter")
     try:
         return conv.convert()
     except Exception as e:  # the converter raises ConverterError/RuntimeError/ValueError with MLIR dumps
@@ -310,6 +311,7 @@ def _aeq_quantize(graph, spec, calib: np.ndarray | None, recipe: list[dict]) -> 
         details["int16_tensors"] = len(int16)
     if whole_range:
         details["whole_range_tensors"] = len(whole_range)
+    step("ai-edge-quantizer")
     q = quantizer.Quantizer(model)
     q.load_quantization_recipe(recipe)
     try:

@@ -8,31 +8,41 @@ import numpy as np
 
 from xcit_edge.backends.onnx.index import OnnxIndex, array_of, forget, is_large, remember
 
+# `probe` views: what a probe returns of each tensor. The rewrites check per-row algebra (a LayerNorm over the
+# last axis) or shapes (a folded Reshape), so they need a slice or the shape, not tensors of the whole model: at
+# 384 px with 8 px patches one token tensor is 14 MB and the groups did not fit one run (a 24-block model ran
+# its probes as dozens of whole-model runs: the probes grew with depth x resolution).
+VIEWS = ("value", "rows", "shape")
+PROBE_ROWS = 64  # "rows": the first rows of the tensor flattened to (rows, last axis)
 
-def probe(model, tensors: list[str], seed: int = 0) -> dict[str, np.ndarray]:
-    """Values of `tensors` on a seeded input (batch 2 when the batch is dynamic), as extra graph outputs of
-    a copy of the model. ONNX Runtime gets that copy without its large weights: they become graph inputs,
-    fed from the arrays (`index.array_of`, shared inside `index.shared_arrays()`), which it reads in place.
-    No serialized copy of the weights, and none in the session (as initializers, even ones handed over
-    with `add_external_initializers`, they are copied into it)."""
+
+def probe(model, tensors: list[str], seed: int = 0, view: str = "value") -> dict[str, np.ndarray]:
+    """Values of `tensors` (or their `view`: the first PROBE_ROWS rows, the shape) on a seeded input (of batch
+    1 when the batch is dynamic, 2 for shapes), as the only graph outputs of a copy of the model that holds
+    only the nodes they need. ONNX Runtime gets that copy without its large weights: they become graph
+    inputs, fed from the arrays (`index.array_of`, shared inside `index.shared_arrays()`), which it reads in
+    place. No serialized copy of the weights, and none in the session (as initializers, even ones handed
+    over with `add_external_initializers`, they are copied into it)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
     so.enable_cpu_mem_arena = False  # the arena grows in doubling chunks: up to twice what one run needs
-    light, weights = _light_copy(model, tensors)
+    light, weights, outputs = _light_copy(model, tensors, view)
     sess = ort.InferenceSession(light.SerializeToString(), so, providers=["CPUExecutionProvider"])
     del light
     inp = next(i for i in sess.get_inputs() if i.name not in weights)
-    shape = [d if isinstance(d, int) and d > 0 else 2 for d in inp.shape]
+    batch = 2 if view == "shape" else 1  # shapes: batch 2 tells the batch axis from a fixed one
+    shape = [d if isinstance(d, int) and d > 0 else batch for d in inp.shape]
     rng = np.random.default_rng(seed)
     if inp.type == "tensor(uint8)":  # --bake-preprocessing: raw pixels
         x = rng.integers(0, 256, shape, dtype=np.uint8)
     else:
         x = rng.standard_normal(shape).astype(np.float32)
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, {inp.name: x, **weights}), strict=True))
+    names = list(dict.fromkeys(outputs.values()))
+    got = dict(zip(names, sess.run(names, {inp.name: x, **weights}), strict=True))
+    return {t: got[o] for t, o in outputs.items()}
 
 
 # What one probe run may return, about: a model with many sites (77 LayerNorms of 13 nodes each in a 24-block
@@ -40,16 +50,25 @@ def probe(model, tensors: list[str], seed: int = 0) -> dict[str, np.ndarray]:
 PROBE_BUDGET_BYTES = 256 << 20
 
 
-def probe_groups(model, groups: list[list[str]], budget: int = PROBE_BUDGET_BYTES
+# What the viewed tensors of one "rows" probe may hold, whole: ONNX Runtime keeps each alive until its view runs,
+# and runs the views late (a 24-block model at 384 px with 8 px patches: 4.4 GB for its 77 LayerNorms in one run).
+LIVE_BUDGET_BYTES = 1 << 30
+
+
+def probe_groups(model, groups: list[list[str]], budget: int = PROBE_BUDGET_BYTES, view: str = "value"
                  ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """`probe` over groups of tensors (one group per site a rewrite checks), as many groups per run as fit
-    in `budget` bytes (measured on the first group): yields (group index, that group's values). The model
-    must not change until the last group is yielded."""
-    start, per_group = 0, None
+    in `budget` bytes (measured on the first group; for "rows", as many as hold LIVE_BUDGET_BYTES whole, by
+    shape inference): yields (group index, that group's values). The model must not change until the last
+    group is yielded. Each run computes only what its groups need."""
+    start, per_group = 0, (None if view == "value" else 0.0)
+    ends = _live_chunks(model, groups) if view == "rows" else None
     while start < len(groups):
         n = 1 if per_group is None else max(1, int(budget // max(per_group, 1.0)))
+        if ends:
+            n = next(e for e in ends if e > start) - start
         chunk = groups[start:start + n]
-        values = probe(model, [t for g in chunk for t in g])
+        values = probe(model, [t for g in chunk for t in g], view=view)
         per_group = sum(v.nbytes for g in chunk for v in (values[t] for t in dict.fromkeys(g))) / len(chunk)
         for k, group in enumerate(chunk):
             yield start + k, {t: values[t] for t in group}
@@ -57,18 +76,56 @@ def probe_groups(model, groups: list[list[str]], budget: int = PROBE_BUDGET_BYTE
         start += n
 
 
-def _light_copy(model, tensors: list[str]):
-    """(a copy of `model` whose large initializers are graph inputs instead, with `tensors` as extra graph
-    outputs; {input name: array})."""
+def _live_chunks(model, groups: list[list[str]]) -> list[int]:
+    """Where each chunk of `groups` ends, so that the whole tensors of a chunk (at batch 1, as the probe
+    runs; unknown shapes count as nothing) stay within LIVE_BUDGET_BYTES."""
+    shapes = shapes_of(model, [t for g in groups for t in g], batch=1)
+    ends, held = [], 0
+    for k, group in enumerate(groups):
+        size = sum(4 * int(np.prod(shapes.get(t, (0,)))) for t in dict.fromkeys(group))
+        if held and held + size > LIVE_BUDGET_BYTES:
+            ends.append(k)
+            held = 0
+        held += size
+    return [*ends, len(groups)]
+
+
+def shapes_of(model, tensors: list[str], batch: int = 2) -> dict[str, tuple[int, ...]]:
+    """The shapes of `tensors` at this batch, by ONNX shape inference (nothing runs), for those it infers
+    whole; `probe(..., view="shape")` gives the rest. At 384 px with 8 px patches a run at batch 2 of a
+    24-block model costs 20 s and several GB; inferring the shapes costs a second."""
     import onnx
 
+    light, weights, _ = _light_copy(model, [model.graph.output[0].name])
+    inp = next(i for i in light.graph.input if i.name not in weights)
+    dims = inp.type.tensor_type.shape.dim
+    if dims and not dims[0].HasField("dim_value"):
+        dims[0].Clear()
+        dims[0].dim_value = batch
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        return {}
+    found, wanted = {}, set(tensors)
+    for vi in (*inferred.graph.value_info, *inferred.graph.output):
+        shape = vi.type.tensor_type.shape
+        if vi.name in wanted and vi.type.tensor_type.HasField("shape") and all(d.dim_value > 0 for d in shape.dim):
+            found[vi.name] = tuple(int(d.dim_value) for d in shape.dim)
+    return found
+
+
+def _light_copy(model, tensors: list[str], view: str = "value"):
+    """(a copy of `model` whose large initializers are graph inputs instead and whose outputs are `tensors`'
+    views; {input name: array}; {tensor: the output holding its view})."""
+    import onnx
+
+    if view not in VIEWS:
+        raise ValueError(f"probe view {view!r}: one of {VIEWS}")
     light = onnx.ModelProto()
     _copy_fields(model, light, skip={"graph"})
-    _copy_fields(model.graph, light.graph, skip={"initializer"})
-    known = {o.name for o in light.graph.output}
-    for t in dict.fromkeys(tensors):
-        if t not in known:
-            light.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    _copy_fields(model.graph, light.graph, skip={"initializer", "output", "node"})
+    light.graph.node.extend(_needed_nodes(model.graph, tensors))
+    outputs = {t: _add_view(light.graph, t, view) for t in dict.fromkeys(tensors)}
     weights = {}
     for t in model.graph.initializer:
         if not is_large(t):
@@ -76,7 +133,42 @@ def _light_copy(model, tensors: list[str]):
             continue
         weights[t.name] = array_of(t)
         light.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    return light, weights
+    return light, weights, outputs
+
+
+def _needed_nodes(graph, tensors: list[str]) -> list:
+    """The nodes `tensors` depend on, in graph order: ONNX Runtime runs every node of a session whatever
+    is fetched, so a probe of early tensors would run the whole model. All of them where a node holds a
+    subgraph (its outer-scope reads are not in its inputs)."""
+    if any(a.type in (a.GRAPH, a.GRAPHS) for n in graph.node for a in n.attribute):
+        return list(graph.node)
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    todo, needed = [producer[t] for t in tensors if t in producer], set()
+    while todo:
+        i = todo.pop()
+        if i not in needed:
+            needed.add(i)
+            todo.extend(producer[t] for t in graph.node[i].input if t in producer)
+    return [n for i, n in enumerate(graph.node) if i in needed]
+
+
+def _add_view(graph, tensor: str, view: str) -> str:
+    """Append to `graph` the nodes computing `view` of `tensor`, and that view as a graph output: its name."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    out, dtype = tensor, TensorProto.FLOAT
+    if view == "shape":
+        out, dtype = f"{tensor}/xcit_edge_probe_shape", TensorProto.INT64
+        graph.node.append(helper.make_node("Shape", [tensor], [out]))
+    elif view == "rows":
+        flat, out = f"{tensor}/xcit_edge_probe_flat", f"{tensor}/xcit_edge_probe_rows"
+        bounds = [f"{tensor}/xcit_edge_probe_{b}" for b in ("start", "end", "axis")]
+        for name, v in zip(bounds, (0, PROBE_ROWS, 0), strict=True):
+            graph.initializer.append(numpy_helper.from_array(np.array([v], np.int64), name))
+        graph.node.append(helper.make_node("Flatten", [tensor], [flat], axis=-1))
+        graph.node.append(helper.make_node("Slice", [flat, *bounds], [out]))
+    graph.output.append(helper.make_tensor_value_info(out, dtype, None))
+    return out
 
 
 def _copy_fields(src, dst, skip: set[str]) -> None:

@@ -83,7 +83,8 @@ def fuse_layernorm(model) -> tuple[object, int]:
     if not sites:
         return model, 0
     groups = [[s["x"], *(n.output[0] for n in s["region"])] for s in sites]
-    choices = {k: _choose(ix, sites[k], values) for k, values in probe_groups(model, groups)}
+    # each LayerNorm is per row of its last axis: the first rows of every tensor check it
+    choices = {k: _choose(ix, sites[k], values) for k, values in probe_groups(model, groups, view="rows")}
     replaced = 0
     for k, site in enumerate(sites):
         if choices[k] is None:

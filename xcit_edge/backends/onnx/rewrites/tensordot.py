@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from xcit_edge.backends.onnx.index import OnnxIndex
-from xcit_edge.backends.onnx.rewrites.common import drop_unused, probe_groups
+from xcit_edge.backends.onnx.rewrites.common import drop_unused, probe_groups, shapes_of
 
 
 def fold_tensordot(model) -> tuple[object, int]:
@@ -11,7 +11,8 @@ def fold_tensordot(model) -> tuple[object, int]:
     Tensordot writes it) becomes `MatMul(x, W)`: ONNX MatMul broadcasts over leading axes. The
     runtime shape arithmetic feeding the second Reshape (Shape, Gather, Cast, Concat: about
     300 tiny nodes in nano) goes with it. Each site is checked on the probe: the second
-    Reshape's output must have x's leading axes."""
+    Reshape's output must have x's leading axes, at batch 2 (by shape inference where it knows them,
+    else on the probe)."""
     ix = OnnxIndex(model)
     sites = []
     for mm in model.graph.node:
@@ -24,7 +25,11 @@ def fold_tensordot(model) -> tuple[object, int]:
     if not sites:
         return model, 0
     groups = [[r1.input[0], r2.output[0]] for r1, _, r2 in sites]
-    shapes = {k: (v[g[0]].shape, v[g[1]].shape) for (k, v), g in zip(probe_groups(model, groups), groups, strict=True)}
+    known = shapes_of(model, [t for g in groups for t in g])
+    unknown = [k for k, g in enumerate(groups) if not all(t in known for t in g)]
+    for _, values in probe_groups(model, [groups[k] for k in unknown], view="shape"):
+        known.update({t: tuple(int(d) for d in v) for t, v in values.items()})
+    shapes = {k: (known[x], known[y]) for k, (x, y) in enumerate(groups)}
     done = 0
     for k, (r1, mm, r2) in enumerate(sites):
         x, y = shapes[k]
