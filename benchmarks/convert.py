@@ -5,15 +5,19 @@ loading the SavedModel, freezing, calibration decoding and the post-conversion c
 what a user waits for. Ratios are against the `onnx` conversion of the same model, measured
 in the same run. The last columns hold `convert`'s memory estimate (`xcit_edge/util/memory.py`, what
 `--max-memory` is checked against) and measured peak / estimate: it should stay at or below 1.
-The `all` row converts every target in one process, as users do.
+The `all` row converts every target in one process, as users do. `--steps` also prints where each
+conversion spent its time: the seconds between `convert`'s progress lines (preparing the graph step by step,
+decoding, the source run on the check images, and per target tf2onnx, rewrites, quantizers, the checks).
 
     python benchmarks/convert.py [--models xcit_nano_12_p16_224,xcit_tiny_24_p16_224] [--targets all]
+                                 [--source SAVEDMODEL] [--max-memory 40G] [--steps]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,6 +29,20 @@ def run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+
+
+_LINE = re.compile(r"^\[(\d+):(\d\d)\] (.*) \(\d+/\d+\)$")  # a progress line off a terminal: [m:ss] step (k/n)
+
+
+def steps(stderr: str, total: float) -> list[tuple[str, float]]:
+    """(step, seconds) from `convert`'s progress lines: each step lasts until the next line (the last until
+    the process ended, `total` seconds after it started). Clock resolution: one second."""
+    marks = [(int(m[1]) * 60 + int(m[2]), m[3]) for m in map(_LINE.match, stderr.splitlines()) if m]
+    spans: dict[str, float] = {}
+    for (t, name), (t_next, _) in zip(marks, [*marks[1:], (total, "")], strict=True):
+        name = re.sub(r" \(\d+/\d+\)$", "", name)
+        spans[name] = spans.get(name, 0.0) + max(0.0, t_next - t)
+    return list(spans.items())
 
 
 def measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
@@ -47,11 +65,12 @@ def main() -> None:
     ap.add_argument("--source", type=Path, help="an existing SavedModel of the (one) --models architecture, "
                     "instead of building it")
     ap.add_argument("--max-memory", help="passed to convert (to measure a run the estimate would refuse)")
+    ap.add_argument("--steps", action="store_true", help="also print the seconds of each step of each conversion")
     args = ap.parse_args()
     from xcit_edge.bench import machine_line
 
     print(machine_line(), flush=True)
-    cli = [sys.executable, "-m", "xcit_edge.cli", "--quiet"]
+    cli = [sys.executable, "-m", "xcit_edge.cli", *([] if args.steps else ["--quiet"])]
     from xcit_edge.convert import ConvertOptions, calibration_limit, convert_memory_factor
     from xcit_edge.model.zoo import get_config
     from xcit_edge.targets import parse_targets
@@ -87,6 +106,8 @@ def main() -> None:
             name = "all" if len(entries) > 1 else target
             print(f"{model:24s} {name:14s} {seconds:8.1f} {seconds / base:7.2f} {peak:9.0f} {mb / 1e6:8.1f} "
                   f"{est.total / 2**20:9.0f} {peak * 2**20 / est.total:8.2f}", flush=True)
+            for name, secs in steps(proc.stderr, seconds) if args.steps else ():
+                print(f"    {secs:7.0f} s  {name}", flush=True)
 
 
 if __name__ == "__main__":
