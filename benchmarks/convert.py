@@ -78,6 +78,7 @@ def main() -> None:
 
     specs = {t.name: t for t in parse_targets(args.targets)}
     targets = list(specs)
+    (baseline,) = parse_targets("onnx")  # the ratios' baseline, converted first even when not asked for
     tmp = Path(tempfile.mkdtemp(prefix="bench-convert-"))
     print(f"{'model':24s} {'target':14s} {'seconds':>8s} {'x onnx':>7s} {'peak MiB':>9s} {'MB':>8s} "
           f"{'est. MiB':>9s} {'peak/est':>8s}")
@@ -88,7 +89,7 @@ def main() -> None:
         size = get_config(model).img_size
         base = None
         for target in ["onnx"] + [t for t in targets if t != "onnx"] + (["all"] if len(targets) > 1 else []):
-            chosen = list(specs.values()) if target == "all" else [specs[target]]
+            chosen = list(specs.values()) if target == "all" else [specs.get(target) or baseline]
             est = estimate(tree_bytes(sm), (size, size), calibration_limit(chosen, ConvertOptions()),
                            model_factor=convert_memory_factor(chosen))
             target = ",".join(targets) if target == "all" else target
