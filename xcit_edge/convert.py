@@ -257,7 +257,7 @@ def convert(model: str, targets: list[TargetSpec], out: Path, opts: ConvertOptio
         ConversionError: the source graph itself cannot be converted (e.g. XCA blocks that do not fuse).
     """
     opts = opts or ConvertOptions()
-    out = Path(out)
+    model, out = str(model), Path(out)  # a Path for MODEL too (the manifest records it as text)
     if not targets:
         raise UsageError("no targets to convert to")
     with output_lock(out, wait=opts.wait):

@@ -446,3 +446,20 @@ def test_convert_summary_columns_line_up(capsys):
     assert len(lines) == 3 and lines[2].startswith("openvino          ") and lines[2].endswith("conversion failed")
     for column in ("MB", "XCA fused", "cosine", "top-1 agreement", "ok"):
         assert len({line.index(column) for line in lines[:2]}) == 1, (column, lines)
+
+
+def test_the_library_reports_each_step_of_a_target(fixture_dir, calib_npz, tmp_path):
+    """A large model's target is minutes of work: `convert` names the step it is in (the converter, the
+    rewrites, the checks) and the source run before the targets, through the same progress callback."""
+    from xcit_edge.convert import ConvertOptions, convert
+    from xcit_edge.targets import parse_targets
+
+    seen = []
+    convert(fixture_dir, parse_targets("onnx,tflite-fp16"), tmp_path / "out",
+            ConvertOptions(calibration=str(calib_npz)),
+            progress=lambda stage, done, total, step=None: seen.append((stage, done, step)))
+    steps = [(done, step) for stage, done, step in seen if stage == "target" and step]
+    assert [s for d, s in steps if d == 0][:3] == ["tf2onnx", "ONNX checker", "ONNX rewrites"], steps
+    assert [s for d, s in steps if d == 1] == ["TFLite converter", "running with the runtime's default options",
+                                              "checking against the source on 16 images"], steps
+    assert ("source", 0, None) in seen and seen.index(("source", 0, None)) < seen.index(("target", 0, None))

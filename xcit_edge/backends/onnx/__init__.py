@@ -218,6 +218,7 @@ def _quantize_dynamic(src: Path, dst: Path, spec) -> dict:
     settings = dynamic_settings(spec)
     root = logging.getLogger()
     root.addFilter(_no_preprocessing_advice)
+    step("ONNX Runtime dynamic quantization")
     try:
         quantize_dynamic(str(src), str(dst), **{**settings, "weight_type": QuantType.QInt8})
     finally:
