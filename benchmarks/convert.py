@@ -40,7 +40,6 @@ def steps(stderr: str, total: float) -> list[tuple[str, float]]:
     marks = [(int(m[1]) * 60 + int(m[2]), m[3]) for m in map(_LINE.match, stderr.splitlines()) if m]
     spans: dict[str, float] = {}
     for (t, name), (t_next, _) in zip(marks, [*marks[1:], (total, "")], strict=True):
-        name = re.sub(r" \(\d+/\d+\)$", "", name)
         spans[name] = spans.get(name, 0.0) + max(0.0, t_next - t)
     return list(spans.items())
 

@@ -290,15 +290,13 @@ def _convert_locked(model: str, targets: list[TargetSpec], out: Path, opts: Conv
                        image_budget(model_bytes, graph.preprocessing.size, opts.max_memory, model_factor=factor))
     calib_inputs = graph.model_input(cal.model_ready(graph.preprocessing, graph.baked))
     drop_check = None
+    if progress:
+        progress("source", 0, 1)
     if opts.max_drop is not None and any(t.quantized for t in targets):
-        if progress:
-            progress("source", 0, 1)
         full = graph.run(calib_inputs)
         drop_check = DropCheck(calib_inputs, full, cal.labels)
         ref = full[:CHECK_IMAGES]
     else:
-        if progress:
-            progress("source", 0, 1)
         ref = graph.run(calib_inputs[:CHECK_IMAGES])
     source_info = SourceInfo(src.ref, src.kind, str(src.path), sha256_tree(src.path), graph.arch, graph.arch_origin,
                              graph.signature_key, graph.output_key)
